@@ -1,0 +1,16 @@
+"""ziggurat: multilevel optimization and meta-learning for PyTorch, with verified hypergradients."""
+
+from . import hypergradient as hypergradient
+from . import linalg as linalg
+from . import optim as optim
+from ._products import hvp as hvp
+from ._products import hvp_forward as hvp_forward
+from ._products import mixed_vjp as mixed_vjp
+from ._products import mixed_vjp_fd as mixed_vjp_fd
+from ._types import InnerLoss as InnerLoss
+from ._types import MatVec as MatVec
+from ._types import Params as Params
+from ._verify import VerifyReport as VerifyReport
+from ._verify import verify as verify
+
+__version__ = "0.1.0"

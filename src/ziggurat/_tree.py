@@ -1,0 +1,114 @@
+"""Arithmetic on parameter trees (``dict[str, Tensor]``).
+
+Every function is pure and keeps the key order of its first argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from ._types import Params
+
+
+def check_same_keys(a: Mapping[str, Tensor], b: Mapping[str, Tensor], what: str) -> None:
+    """Raise ``ValueError`` naming the differing keys when two trees do not match."""
+    if a.keys() != b.keys():
+        missing = sorted(set(a) - set(b))
+        extra = sorted(set(b) - set(a))
+        raise ValueError(
+            f"{what}: keys do not match (missing {missing}, unexpected {extra}); "
+            "pass one tensor per parameter name"
+        )
+
+
+def check_same_shapes(a: Mapping[str, Tensor], b: Mapping[str, Tensor], what: str) -> None:
+    """Raise ``ValueError`` when keys or shapes of two trees differ."""
+    check_same_keys(a, b, what)
+    for k in a:
+        if a[k].shape != b[k].shape:
+            raise ValueError(
+                f"{what}: shape of {k!r} is {tuple(b[k].shape)}, expected {tuple(a[k].shape)}"
+            )
+
+
+def zeros_like(a: Params) -> Params:
+    return {k: torch.zeros_like(t) for k, t in a.items()}
+
+
+def add(a: Params, b: Params) -> Params:
+    return {k: a[k] + b[k] for k in a}
+
+
+def sub(a: Params, b: Params) -> Params:
+    return {k: a[k] - b[k] for k in a}
+
+
+def scale(a: Params, s: float | Tensor) -> Params:
+    return {k: t * s for k, t in a.items()}
+
+
+def axpy(alpha: float | Tensor, x: Params, y: Params) -> Params:
+    """Return ``alpha * x + y``."""
+    return {k: y[k] + alpha * x[k] for k in y}
+
+
+def mul(a: Params, b: Params) -> Params:
+    return {k: a[k] * b[k] for k in a}
+
+
+def neg(a: Params) -> Params:
+    return {k: -t for k, t in a.items()}
+
+
+def dot(a: Params, b: Params) -> Tensor:
+    """Inner product of two trees, accumulated in the dtype of the first leaf."""
+    terms = [torch.sum(a[k] * b[k]) for k in a]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def norm(a: Params) -> Tensor:
+    return torch.sqrt(dot(a, a))
+
+
+def detach(a: Params) -> Params:
+    return {k: t.detach() for k, t in a.items()}
+
+
+def leaves(a: Params) -> Params:
+    """Fresh leaf tensors with ``requires_grad=True`` that share no graph with ``a``."""
+    return {k: t.detach().requires_grad_(True) for k, t in a.items()}
+
+
+def fill_none(grads: Iterable[Tensor | None], like: Params) -> Params:
+    """Zip autograd's output back into a tree, replacing ``None`` by zeros."""
+    return {
+        k: torch.zeros_like(ref) if g is None else g
+        for (k, ref), g in zip(like.items(), grads, strict=True)
+    }
+
+
+def flatten(a: Params) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in a.values()]) if a else torch.zeros(0)
+
+
+def unflatten(vec: Tensor, like: Params) -> Params:
+    out: Params = {}
+    offset = 0
+    for k, t in like.items():
+        n = t.numel()
+        out[k] = vec[offset : offset + n].view_as(t)
+        offset += n
+    return out
+
+
+def numel(a: Params) -> int:
+    return sum(t.numel() for t in a.values())
+
+
+def cast(a: Params, dtype: torch.dtype) -> Params:
+    return {k: t.to(dtype) for k, t in a.items()}

@@ -1,0 +1,32 @@
+"""The first-order method: no term through the lower level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import _tree
+from .._types import InnerLoss, Params
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+
+
+@dataclass(frozen=True)
+class FirstOrder:
+    """Treats ``dw*/dlam`` as zero: the upper level keeps only its direct gradient.
+
+    Costs nothing. Its error is the whole indirect term, which is what ``verify`` reports.
+    """
+
+    @property
+    def name(self) -> str:
+        return "first_order"
+
+    def __call__(
+        self,
+        inner: InnerLoss,
+        w: Params,
+        lam: Params,
+        v: Params,
+        context: HopContext = NO_CONTEXT,
+    ) -> HopResult:
+        check_inputs(w, lam, v)
+        return HopResult(vjp=_tree.zeros_like(_tree.detach(lam)), info=HopInfo(self.name))

@@ -1,0 +1,102 @@
+"""Named presets: the methods users pick, each a value built from the strategies.
+
+Strings map to these in exactly one place, :func:`from_name`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import linalg
+from ..optim import FunctionalOptimizer
+from ._base import Method
+from ._first_order import FirstOrder
+from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
+from ._sama import Sama
+from ._unrolled import Unrolled
+
+
+def darts(radius: float | None = None) -> Implicit:
+    """DARTS (Liu et al., ICLR 2019), read as implicit differentiation with ``H^{-1} ~ I``.
+
+    The mixed product is a central finite difference; ``radius=None`` picks the step from the
+    dtype, a number sets ``h = radius / ||v||`` (Betty's ``darts_alpha``). Costs 2 G.
+    """
+    return Implicit(linalg.identity(), MixedFiniteDifference(radius), label="darts")
+
+
+def neumann(
+    iterations: int = 1,
+    alpha: float = 1.0,
+    *,
+    damping: float = 0.0,
+    curvature: Curvature = DoubleBackward(),
+) -> Implicit:
+    """Neumann-series implicit differentiation (Lorraine et al., AISTATS 2020).
+
+    Needs ``alpha < 2 / lambda_max(H)``. Costs ``iterations`` Hessian-vector products plus one
+    mixed product.
+    """
+    solver = linalg.neumann(iterations, alpha, damping=damping)
+    return Implicit(solver, MixedAutograd(), curvature, label="neumann")
+
+
+def cg(
+    maxiter: int = 10,
+    tol: float = 1e-10,
+    *,
+    damping: float = 0.0,
+    warm_start: bool = False,
+    curvature: Curvature = DoubleBackward(),
+) -> Implicit:
+    """Conjugate-gradient implicit differentiation (as in iMAML, Rajeswaran et al. 2019).
+
+    Exact after ``n`` iterations on ``n`` parameters when ``H`` is positive definite.
+    """
+    solver = linalg.conjugate_gradient(maxiter, tol, damping=damping, warm_start=warm_start)
+    return Implicit(solver, MixedAutograd(), curvature, label="cg")
+
+
+def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> Implicit:
+    """Implicit differentiation with a dense direct solve: the reference for small problems."""
+    return Implicit(linalg.dense(damping=damping), MixedAutograd(), curvature, label="exact")
+
+
+def sama(radius: float = 1.0) -> Sama:
+    """SAMA (Choe et al., NeurIPS 2023): optimizer-preconditioned, first-order."""
+    return Sama(radius)
+
+
+def first_order() -> FirstOrder:
+    """No term through the lower level."""
+    return FirstOrder()
+
+
+def unrolled(
+    optimizer: FunctionalOptimizer, steps: int = 1, *, truncate: int | None = None
+) -> Unrolled:
+    """Reverse-mode through ``steps`` differentiable optimizer steps, optionally truncated."""
+    return Unrolled(optimizer, steps, truncate)
+
+
+PRESETS: dict[str, Callable[..., Method]] = {
+    "darts": darts,
+    "neumann": neumann,
+    "cg": cg,
+    "exact": exact,
+    "sama": sama,
+    "first_order": first_order,
+    "unrolled": unrolled,
+}
+
+
+def from_name(name: str, **options: Any) -> Method:
+    """Build the preset called ``name`` with ``options``; a clear error for unknown names."""
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown hypergradient method {name!r}; choose one of {sorted(PRESETS)}"
+        ) from None
+    return factory(**options)

@@ -1,0 +1,105 @@
+"""Unrolled (iterative) differentiation through differentiable optimizer steps.
+
+``w_T = Phi_T(w_0, lam)`` is ``steps`` updates of a functional optimizer on ``f(., lam)``
+starting from ``w_0 = w``; the hop returns ``v^T dw_T/dlam`` by reverse mode (Maclaurin et al.
+2015; Franceschi et al. 2017). With ``truncate=K`` only the last ``K`` steps are differentiated
+(Shaban et al. 2019): earlier steps still run, but their dependence on ``lam`` is cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import _checks, _tree
+from .._products import scalar_loss
+from .._types import InnerLoss, Params
+from ..optim import FunctionalOptimizer, OptState
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+
+
+def unroll(
+    inner: InnerLoss,
+    w: Params,
+    lam: Params,
+    optimizer: FunctionalOptimizer,
+    steps: int,
+    *,
+    differentiable_from: int = 0,
+    state: OptState | None = None,
+) -> tuple[Params, OptState]:
+    """Run ``steps`` optimizer steps on ``f(., lam)`` from ``w``.
+
+    Steps with index ``>= differentiable_from`` keep their graph (``create_graph=True``), so the
+    result is differentiable with respect to ``lam`` (and the starting point of that segment).
+    """
+    state = optimizer.init(w) if state is None else state
+    for t in range(steps):
+        keep = t >= differentiable_from
+        if t == differentiable_from:
+            w, state = _tree.detach(w), state.detach()
+        w_in = {k: x if x.requires_grad else x.detach().requires_grad_(True) for k, x in w.items()}
+        f = scalar_loss(inner(w_in, lam), "inner loss")
+        grads = torch.autograd.grad(f, list(w_in.values()), create_graph=keep, allow_unused=True)
+        g = _tree.fill_none(grads, w_in)
+        if not keep:
+            g = _tree.detach(g)
+            w_in = _tree.detach(w_in)
+        w, state = optimizer.step(w_in, g, state)
+        if not keep:
+            w, state = _tree.detach(w), state.detach()
+    return w, state
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """``v^T dw_T/dlam`` through ``steps`` differentiable optimizer steps from ``w``.
+
+    Memory grows with the number of differentiated steps (``truncate`` or ``steps``).
+    """
+
+    optimizer: FunctionalOptimizer
+    steps: int = 1
+    truncate: int | None = None
+
+    def __post_init__(self) -> None:
+        _checks.int_at_least("unrolled steps", self.steps, 1)
+        if self.truncate is not None:
+            _checks.int_at_least("unrolled truncate", self.truncate, 1)
+
+    @property
+    def name(self) -> str:
+        return "unrolled"
+
+    def __call__(
+        self,
+        inner: InnerLoss,
+        w: Params,
+        lam: Params,
+        v: Params,
+        context: HopContext = NO_CONTEXT,
+    ) -> HopResult:
+        check_inputs(w, lam, v)
+        lam_ = _tree.leaves(lam)
+        k = self.steps if self.truncate is None else min(self.truncate, self.steps)
+        w_t, _ = unroll(
+            inner,
+            _tree.detach(w),
+            lam_,
+            self.optimizer,
+            self.steps,
+            differentiable_from=self.steps - k,
+        )
+        outs = [w_t[key] for key in v]
+        live = [(o, v[key].detach()) for o, key in zip(outs, v, strict=True) if o.requires_grad]
+        if not live:
+            return HopResult(_tree.zeros_like(_tree.detach(lam)), HopInfo(self.name, self.steps))
+        grads = torch.autograd.grad(
+            [o for o, _ in live],
+            list(lam_.values()),
+            grad_outputs=[c for _, c in live],
+            allow_unused=True,
+        )
+        out = _tree.detach(_tree.fill_none(grads, lam_))
+        return HopResult(vjp=out, info=HopInfo(self.name, self.steps))

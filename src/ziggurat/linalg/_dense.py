@@ -1,0 +1,61 @@
+"""Dense direct solve: materialise ``H`` column by column, then factorise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import _checks, _tree
+from .._types import MatVec, Params
+from ._damping import damped
+from ._result import SolveResult
+
+
+def materialize(matvec: MatVec, like: Params) -> torch.Tensor:
+    """The ``n x n`` matrix of ``matvec`` on trees shaped like ``like`` (``n`` products)."""
+    n = _tree.numel(like)
+    flat = _tree.flatten(like)
+    basis = torch.eye(n, dtype=flat.dtype, device=flat.device)
+    cols = [_tree.flatten(matvec(_tree.unflatten(basis[i], like))) for i in range(n)]
+    return torch.stack(cols, dim=1) if cols else basis
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Exact ``(H + damping I)^{-1} b`` by ``torch.linalg.solve`` on the materialised matrix.
+
+    Costs ``n`` products and ``O(n^3)`` time: meant for tests, references and small problems.
+    The residual is measured on the materialised matrix.
+    """
+
+    damping: float = 0.0
+    max_size: int = 20_000
+
+    def __post_init__(self) -> None:
+        _checks.non_negative("dense damping", self.damping)
+        _checks.int_at_least("dense max_size", self.max_size, 1)
+
+    def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
+        n = _tree.numel(b)
+        if n > self.max_size:
+            raise ValueError(
+                f"dense solve: {n} unknowns exceed max_size={self.max_size}; "
+                "use conjugate_gradient for large problems or raise max_size"
+            )
+        h = materialize(damped(matvec, self.damping), b)
+        rhs = _tree.flatten(b)
+        try:
+            sol = torch.linalg.solve(h, rhs)
+        except RuntimeError as err:  # torch raises LinAlgError, a RuntimeError subclass
+            raise ValueError(
+                f"dense solve: the Hessian is singular ({err}); add damping > 0"
+            ) from err
+        b_norm = float(rhs.norm())
+        res = float((rhs - h @ sol).norm()) / b_norm if b_norm > 0 else 0.0
+        return SolveResult(x=_tree.unflatten(sol, b), iterations=n, residual=res)
+
+
+def dense(*, damping: float = 0.0, max_size: int = 20_000) -> Dense:
+    """Build the dense direct solver."""
+    return Dense(damping=damping, max_size=max_size)

@@ -1,0 +1,31 @@
+"""Identity "solver": ``H^{-1} b ~ scale * b`` (no curvature; the DARTS assumption)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .. import _checks, _tree
+from .._types import MatVec, Params
+from ._result import SolveResult
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Approximates ``H^{-1}`` by ``scale * I``; spends no operator application.
+
+    The residual is not measured (it would cost a Hessian-vector product) and is ``nan``.
+    """
+
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _checks.positive("identity scale", self.scale)
+
+    def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
+        return SolveResult(x=_tree.scale(b, self.scale), iterations=0, residual=math.nan)
+
+
+def identity(scale: float = 1.0) -> Identity:
+    """Build the identity solver ``x = scale * b``."""
+    return Identity(scale=scale)
