@@ -255,7 +255,7 @@ class Problem:
         if loaders is None:
             self._loaders = []
             return
-        many = isinstance(loaders, (tuple, list))
+        many = isinstance(loaders, tuple)
         self._loaders = [CyclingLoader(ld, self._name) for ld in (loaders if many else (loaders,))]
         self._multi_loader = many
 
@@ -325,7 +325,7 @@ class Problem:
     def _check_finite(self, loss: Tensor) -> None:
         if not bool(torch.isfinite(loss.detach())):
             raise FloatingPointError(
-                f"problem {self._name!r}: loss is {float(loss)} at global step "
+                f"problem {self._name!r}: loss is {float(loss.detach())} at global step "
                 f"{self._global_step}, local step {self._count}; lower the learning rate, "
                 "clip gradients (Config(gradient_clipping=...)) or check the data"
             )
