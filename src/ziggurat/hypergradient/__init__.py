@@ -6,6 +6,8 @@ from ._base import HopResult as HopResult
 from ._base import Method as Method
 from ._base import best_response_vjp as best_response_vjp
 from ._first_order import FirstOrder as FirstOrder
+from ._gauss_newton import GaussNewton as GaussNewton
+from ._gauss_newton import gauss_newton as gauss_newton
 from ._implicit import DoubleBackward as DoubleBackward
 from ._implicit import ForwardOverReverse as ForwardOverReverse
 from ._implicit import Implicit as Implicit
@@ -18,6 +20,7 @@ from ._presets import cg as cg
 from ._presets import darts as darts
 from ._presets import exact as exact
 from ._presets import first_order as first_order
+from ._presets import fixed_point as fixed_point
 from ._presets import from_name as from_name
 from ._presets import neumann as neumann
 from ._presets import sama as sama
