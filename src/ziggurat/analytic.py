@@ -105,7 +105,7 @@ class RidgeHPO:
         y = torch.tensor(data.target, dtype=dtype)
         X = (X - X.mean(0)) / X.std(0)
         y = (y - y.mean()) / y.std()
-        lam0 = torch.linspace(0.5, 5.0, X.shape[1], dtype=dtype)
+        lam0 = torch.linspace(10.0, 50.0, X.shape[1], dtype=dtype)
         return cls(X[:n_train], y[:n_train], X[n_train:], y[n_train:], lam0)
 
     def inner(self, w: Params, lam: Params) -> Tensor:

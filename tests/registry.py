@@ -1,0 +1,162 @@
+"""One registry of hypergradient methods; every hypergradient test runs over all of it.
+
+Each case says how to build the method for a problem and what the method must compute on a
+problem whose inner loss is quadratic in ``w``: ``-M^T S(H) v``, where ``H`` is the Hessian,
+``M`` the mixed matrix (``(d^2 f/dlam dw) u = M^T u``) and ``S`` the method's stand-in for
+``H^{-1}``. ``exact`` cases have ``S = H^{-1}`` (to 1e-8 relative in float64); the others are
+checked against their own model and have their error against the truth measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ziggurat.hypergradient import (
+    ForwardOverReverse,
+    HopContext,
+    Method,
+    cg,
+    darts,
+    exact,
+    first_order,
+    neumann,
+    sama,
+    unrolled,
+)
+from ziggurat.optim import sgd
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a case needs to know about the hop it runs on."""
+
+    H: Tensor  # Hessian of the inner loss in w
+    M: Tensor  # mixed matrix, (d^2 f/dlam dw) u = M^T u
+
+    @property
+    def n(self) -> int:
+        return self.H.shape[0]
+
+    @property
+    def lmax(self) -> float:
+        return float(torch.linalg.eigvalsh(self.H).max())
+
+    @property
+    def long(self) -> int:
+        """Steps of rate ``1 - mu/L`` that shrink the error below 1e-12."""
+        eig = torch.linalg.eigvalsh(self.H)
+        return math.ceil(math.log(1e-12) / math.log(1 - float(eig.min() / eig.max())))
+
+
+def krylov_solution(H: Tensor, v: Tensor, k: int) -> Tensor:
+    """CG's k-th iterate, characterised independently: the minimiser of the H-norm error over
+    the Krylov space span{v, Hv, ..., H^{k-1} v} (Hestenes & Stiefel 1952)."""
+    cols = [v]
+    for _ in range(k - 1):
+        cols.append(H @ cols[-1])
+    V, _ = torch.linalg.qr(torch.stack(cols, 1))
+    return V @ torch.linalg.solve(V.T @ H @ V, V.T @ v)
+
+
+def neumann_model(H: Tensor, v: Tensor, K: int, alpha: float) -> Tensor:
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    term, total = v, v
+    for _ in range(K):
+        term = (eye - alpha * H) @ term
+        total = total + term
+    return alpha * total
+
+
+def unrolled_model(H: Tensor, v: Tensor, T: int, lr: float) -> Tensor:
+    """SGD from the optimum of a quadratic: ``dw_T/dlam^T v = -M^T (I-(I-lr H)^T) H^{-1} v``."""
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    return (eye - torch.linalg.matrix_power(eye - lr * H, T)) @ torch.linalg.solve(H, v)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[Spec], Method]
+    apply_s: Callable[[Spec, Tensor], Tensor]  # S(H) v
+    exact: bool
+    context: Callable[[Spec, str], HopContext] = lambda spec, key: HopContext()
+
+
+def _precond(spec: Spec) -> Tensor:
+    return torch.linspace(0.5, 1.5, spec.n, dtype=spec.H.dtype)
+
+
+CASES: list[Case] = [
+    Case("exact", lambda s: exact(), lambda s, v: torch.linalg.solve(s.H, v), True),
+    Case(
+        "exact_fwd",
+        lambda s: exact(curvature=ForwardOverReverse()),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case("cg_n", lambda s: cg(s.n, 1e-300), lambda s, v: torch.linalg.solve(s.H, v), True),
+    Case("cg_tol", lambda s: cg(10 * s.n, 1e-13), lambda s, v: torch.linalg.solve(s.H, v), True),
+    Case(
+        "cg_fwd",
+        lambda s: cg(s.n, 1e-300, curvature=ForwardOverReverse()),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "cg_warm",
+        lambda s: cg(s.n, 1e-300, warm_start=True),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+        lambda s, key: HopContext(warm_start={key: torch.zeros(s.n, dtype=s.H.dtype)}),
+    ),
+    Case("cg_3", lambda s: cg(3, 1e-300), lambda s, v: krylov_solution(s.H, v, 3), False),
+    Case(
+        "neumann_long",
+        lambda s: neumann(s.long, 1.0 / s.lmax),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "neumann_5",
+        lambda s: neumann(5, 1.0 / s.lmax),
+        lambda s, v: neumann_model(s.H, v, 5, 1.0 / s.lmax),
+        False,
+    ),
+    Case(
+        "unrolled_long",
+        lambda s: unrolled(sgd(1.0 / s.lmax), s.long),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "unrolled_20",
+        lambda s: unrolled(sgd(1.0 / s.lmax), 20),
+        lambda s, v: unrolled_model(s.H, v, 20, 1.0 / s.lmax),
+        False,
+    ),
+    Case(
+        "unrolled_trunc",
+        lambda s: unrolled(sgd(1.0 / s.lmax), 40, truncate=20),
+        lambda s, v: unrolled_model(s.H, v, 20, 1.0 / s.lmax),
+        False,
+    ),
+    Case("darts", lambda s: darts(), lambda s, v: v, False),
+    Case("darts_radius", lambda s: darts(radius=0.01), lambda s, v: v, False),
+    Case("sama", lambda s: sama(), lambda s, v: v, False),
+    Case(
+        "sama_adam",
+        lambda s: sama(),
+        lambda s, v: _precond(s) * v,
+        False,
+        lambda s, key: HopContext(preconditioner={key: _precond(s)}),
+    ),
+    Case("first_order", lambda s: first_order(), lambda s, v: torch.zeros_like(v), False),
+]
+
+EXACT = [c for c in CASES if c.exact]
+IDS = [c.name for c in CASES]
