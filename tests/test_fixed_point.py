@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ziggurat import linalg
-from ziggurat.analytic import QuadraticBilevel, RidgeHPO, random_spd
+from ziggurat.analytic import random_spd
 from ziggurat.hypergradient import PRESETS, fixed_point, from_name
 
 
@@ -113,20 +113,5 @@ def test_preset_is_registered_by_name() -> None:
     assert method.name == "fixed_point"
 
 
-# ----------------------------------------------- exactness on the analytic problems (float64)
-def test_exact_on_quadratic_bilevel() -> None:
-    quad = QuadraticBilevel.make(n=8, m=5, seed=3)
-    w, lam, v = quad.point()
-    lmax = float(torch.linalg.eigvalsh(quad.A).max())
-    result = fixed_point(2000, 1.0 / lmax, tol=1e-13)(quad.inner, w, lam, v)
-    assert rel(result.vjp["lam"], quad.exact_vjp(v)["lam"]) < 1e-8
-    assert result.info.residual <= 1e-13 and result.info.iterations < 2000
-
-
-def test_exact_on_ridge_diabetes() -> None:
-    ridge = RidgeHPO.diabetes()
-    w, lam, v = ridge.point()
-    eig = torch.linalg.eigvalsh(ridge.hessian(lam))
-    step = 2.0 / float(eig.min() + eig.max())  # the step with the fastest contraction
-    result = fixed_point(20000, step, tol=1e-13)(ridge.inner, w, lam, v)
-    assert rel(result.vjp["lam"], ridge.exact_vjp(v)["lam"]) < 1e-8
+# Exactness on the analytic problems (quadratic bilevel, ridge on diabetes, three levels) is
+# tested through the cases ``fixed_point_*`` of ``tests/registry.py``.

@@ -53,11 +53,11 @@ class GaussNewton:
     the mixed product ``(d^2 f/dlam dw) u`` is still taken from that inner loss, only ``H`` is
     replaced.
 
-    Each product costs one ``torch.func.jvp`` through the outputs (``J u``), one
-    forward-over-reverse product with the loss's Hessian in output space, and one reuse of a
-    cached ``torch.func.vjp`` (``J^T``); the regulariser adds one forward-over-reverse product.
-    ``outputs``, ``loss`` and ``regularizer`` must therefore be traceable by ``torch.func``
-    (no in-place edits of ``.data``, no ``torch.autograd.grad`` inside).
+    The model is evaluated once per linearisation. Each product is then a Jacobian-vector
+    product ``J u``, a product with the loss's Hessian in output space and a vector-Jacobian
+    product ``J^T z`` (plus the regulariser's Hessian-vector product): backward passes through
+    graphs cached by :class:`_Graphs`, like :class:`~ziggurat._products.Linearization` does for
+    the Hessian.
 
     Attributes:
         outputs: ``g(w, lam) -> Tensor``.
@@ -76,34 +76,68 @@ class GaussNewton:
             _require_callable("regularizer", self.regularizer)
 
     def matvec(self, lin: Linearization) -> MatVec:
-        w, lam = _tree.detach(lin.w), _tree.detach(lin.lam)
+        return _Graphs(self, _tree.detach(lin.w), _tree.detach(lin.lam)).product
 
-        def model(w_: Params) -> Tensor:
-            out = self.outputs(w_, lam)
-            if not isinstance(out, Tensor):
-                raise TypeError(
-                    f"gauss_newton outputs must return a tensor, got {type(out).__name__}"
-                )
-            return out
 
-        out, pullback = torch.func.vjp(model, w)
-        out = out.detach()
-        loss_grad = torch.func.grad(lambda o: scalar_loss(self.loss(o), "gauss_newton loss"))
-        regularizer = self.regularizer
+def _backward(
+    outs: list[Tensor], wrt: list[Tensor], cotangents: list[Tensor], *, create_graph: bool = False
+) -> list[Tensor]:
+    """``sum_i cotangent_i^T d out_i / d wrt`` keeping the graph; zeros where unused."""
+    live = [(o, c) for o, c in zip(outs, cotangents, strict=True) if o.requires_grad]
+    if not live:
+        return [torch.zeros_like(t) for t in wrt]
+    grads = torch.autograd.grad(
+        [o for o, _ in live],
+        wrt,
+        grad_outputs=[c for _, c in live],
+        retain_graph=True,
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
 
-        def product(u: Params) -> Params:
-            ud = _tree.detach(u)
-            _, ju = torch.func.jvp(model, (w,), (ud,))
-            _, hju = torch.func.jvp(loss_grad, (out,), (ju,))
-            (result,) = pullback(hju)
-            if regularizer is not None:
-                reg_grad = torch.func.grad(
-                    lambda w_: scalar_loss(regularizer(w_, lam), "gauss_newton regularizer")
-                )
-                result = _tree.add(result, torch.func.jvp(reg_grad, (w,), (ud,))[1])
-            return _tree.detach(result)
 
-        return product
+class _Graphs:
+    """The graphs a Gauss-Newton product runs through, built once per linearisation.
+
+    * ``J^T y`` for a dummy cotangent ``y`` (with ``create_graph=True``), so that
+      ``J u = d(u^T J^T y)/dy`` is one backward pass (the double-vjp form of a jvp);
+    * the output ``g(w)`` itself, for ``J^T z``;
+    * ``dl/dg`` at the outputs, so ``(d^2 l/dg^2) z`` is one backward pass;
+    * ``dr/dw``, so ``(d^2 r/dw^2) u`` is one backward pass.
+
+    A product is then four backward passes through cached graphs and no forward evaluation;
+    building fresh ``torch.func`` transforms per product costs about ten times more.
+    """
+
+    def __init__(self, curv: GaussNewton, w: Params, lam: Params) -> None:
+        w_ = _tree.leaves(w)
+        self.keys, self.w = list(w_), list(w_.values())
+        out = curv.outputs(w_, lam)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"gauss_newton outputs must return a tensor, got {type(out).__name__}")
+        self.out = out
+        self.dummy = torch.zeros_like(out, requires_grad=True)
+        self.jt_dummy = _backward([out], self.w, [self.dummy], create_graph=True)
+        self.out_leaf = out.detach().requires_grad_(True)
+        loss = scalar_loss(curv.loss(self.out_leaf), "gauss_newton loss")
+        self.loss_grad = _backward(
+            [loss], [self.out_leaf], [torch.ones_like(loss)], create_graph=True
+        )
+        self.reg_grad: list[Tensor] = []
+        if curv.regularizer is not None:
+            reg = scalar_loss(curv.regularizer(w_, lam), "gauss_newton regularizer")
+            self.reg_grad = _backward([reg], self.w, [torch.ones_like(reg)], create_graph=True)
+
+    def product(self, u: Params) -> Params:
+        ud = [u[k].detach() for k in self.keys]
+        (ju,) = _backward(self.jt_dummy, [self.dummy], ud)
+        (hju,) = _backward(self.loss_grad, [self.out_leaf], [ju])
+        result = _backward([self.out], self.w, [hju])
+        if self.reg_grad:
+            curv = _backward(self.reg_grad, self.w, ud)
+            result = [a + b for a, b in zip(result, curv, strict=True)]
+        return {k: t.detach() for k, t in zip(self.keys, result, strict=True)}
 
 
 def gauss_newton(
