@@ -24,8 +24,13 @@ from ._presets import fixed_point as fixed_point
 from ._presets import from_name as from_name
 from ._presets import neumann as neumann
 from ._presets import sama as sama
+from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled
 from ._sama import Sama as Sama
 from ._sama import adam_preconditioner as adam_preconditioner
+from ._sampling import RandomBatches as RandomBatches
+from ._sampling import random_batches as random_batches
+from ._stochastic import Stochastic as Stochastic
+from ._stochastic import averaged as averaged
 from ._unrolled import Unrolled as Unrolled
 from ._unrolled import unroll as unroll

@@ -14,6 +14,7 @@ from ._base import Method
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._sama import Sama
+from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._unrolled import Unrolled
 
 
@@ -82,6 +83,25 @@ def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> I
     return Implicit(linalg.dense(damping=damping), MixedAutograd(), curvature, label="exact")
 
 
+def stochastic(
+    loss: BatchLoss,
+    sample: Sampler,
+    *,
+    num_batches: int = 1,
+    mixed_batches: int | None = None,
+    solver: linalg.LinearSolver | None = None,
+    curvature: Curvature = DoubleBackward(),
+) -> Stochastic:
+    """Stochastic implicit differentiation (Grazzi et al., AISTATS 2021).
+
+    Hessian and mixed products averaged over ``num_batches`` and ``mixed_batches`` independent
+    mini-batches drawn by ``sample`` and scored by ``loss(w, lam, batch)``. The default solver is
+    ``conjugate_gradient(maxiter=100, tol=1e-10)``.
+    """
+    solver = linalg.conjugate_gradient(100, 1e-10) if solver is None else solver
+    return Stochastic(solver, loss, sample, num_batches, mixed_batches, curvature)
+
+
 def sama(radius: float = 1.0) -> Sama:
     """SAMA (Choe et al., NeurIPS 2023): optimizer-preconditioned, first-order."""
     return Sama(radius)
@@ -106,6 +126,7 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "fixed_point": fixed_point,
     "exact": exact,
     "sama": sama,
+    "stochastic": stochastic,
     "first_order": first_order,
     "unrolled": unrolled,
 }
