@@ -26,6 +26,12 @@ from ._presets import neumann as neumann
 from ._presets import sama as sama
 from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled
+from ._reinforce import ConstantBaseline as ConstantBaseline
+from ._reinforce import LeaveOneOut as LeaveOneOut
+from ._reinforce import NoBaseline as NoBaseline
+from ._reinforce import Reinforce as Reinforce
+from ._reinforce import ReinforceResult as ReinforceResult
+from ._reinforce import reinforce as reinforce
 from ._sama import Sama as Sama
 from ._sama import adam_preconditioner as adam_preconditioner
 from ._sampling import RandomBatches as RandomBatches
