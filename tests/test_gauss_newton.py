@@ -46,6 +46,11 @@ def tanh_net(seed: int = 0):
     return w, lam, outputs, loss, reg
 
 
+def hessian(f):
+    """Reverse-over-reverse Hessian (avoids loading forward-mode decompositions)."""
+    return torch.func.jacrev(torch.func.jacrev(f))
+
+
 def explicit_gn(w, lam, outputs, loss, reg) -> torch.Tensor:
     """``J^T (d^2 l/dg^2) J + d^2 r/dw^2`` built from full Jacobians and Hessians."""
     keys = list(w)
@@ -58,9 +63,9 @@ def explicit_gn(w, lam, outputs, loss, reg) -> torch.Tensor:
     x0 = flat_params(w)
     J = torch.func.jacrev(lambda x: outputs(unflat(x), lam).reshape(-1))(x0)
     out = outputs(w, lam)
-    Hl = torch.func.hessian(lambda o: loss(o.reshape(out.shape)))(out.reshape(-1))
-    Hr = torch.func.hessian(lambda x: reg(unflat(x), lam))(x0)
-    return J.T @ Hl @ J + Hr, torch.func.hessian(
+    Hl = hessian(lambda o: loss(o.reshape(out.shape)))(out.reshape(-1))
+    Hr = hessian(lambda x: reg(unflat(x), lam))(x0)
+    return J.T @ Hl @ J + Hr, hessian(
         lambda x: loss(outputs(unflat(x), lam)) + reg(unflat(x), lam)
     )(x0)
 
