@@ -75,11 +75,11 @@ def norm(a: Params) -> Tensor:
     return torch.sqrt(dot(a, a))
 
 
-def detach(a: Params) -> Params:
+def detach(a: Mapping[str, Tensor]) -> Params:
     return {k: t.detach() for k, t in a.items()}
 
 
-def leaves(a: Params) -> Params:
+def leaves(a: Mapping[str, Tensor]) -> Params:
     """Fresh leaf tensors with ``requires_grad=True`` that share no graph with ``a``."""
     return {k: t.detach().requires_grad_(True) for k, t in a.items()}
 

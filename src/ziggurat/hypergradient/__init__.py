@@ -1,5 +1,6 @@
 """Hypergradient methods: best-response vector-Jacobian products and their fold along paths."""
 
+from ._base import NO_CONTEXT as NO_CONTEXT
 from ._base import HopContext as HopContext
 from ._base import HopInfo as HopInfo
 from ._base import HopResult as HopResult

@@ -91,6 +91,11 @@ class Implicit:
     def name(self) -> str:
         return self.label
 
+    @property
+    def uses_warm_start(self) -> bool:
+        """Whether the solver starts from ``context.warm_start`` (callers may keep solutions)."""
+        return bool(getattr(self.solver, "warm_start", False))
+
     def __call__(
         self,
         inner: InnerLoss,

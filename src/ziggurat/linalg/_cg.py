@@ -21,8 +21,9 @@ class ConjugateGradient:
     when the residual is exactly zero or a direction of non-positive curvature appears (the
     operator is then not positive definite; ``residual`` tells how far it got).
 
-    ``warm_start=True`` asks the caller to pass the previous solution as ``x0``; starting from
-    ``x0`` costs one extra product for the initial residual.
+    With ``warm_start=True`` the solver starts from ``x0`` when one is given (callers pass the
+    previous solution), which costs one extra product for the initial residual; with
+    ``warm_start=False`` it ignores ``x0`` and starts from zero.
     """
 
     maxiter: int = 10
@@ -43,7 +44,7 @@ class ConjugateGradient:
                 x=_tree.zeros_like(b), iterations=0, residual=0.0 if b_norm == 0 else b_norm
             )
         used = 0
-        if x0 is None:
+        if x0 is None or not self.warm_start:
             x, r = _tree.zeros_like(b), b
         else:
             _tree.check_same_shapes(b, x0, "cg warm start x0")

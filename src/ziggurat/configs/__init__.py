@@ -1,0 +1,4 @@
+"""Options: :class:`Config` per problem, :class:`EngineConfig` for the run."""
+
+from ._engine_config import EngineConfig as EngineConfig
+from ._problem_config import Config as Config

@@ -1,0 +1,71 @@
+"""Engine-wide options (Betty's ``EngineConfig``), validated where they enter."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _checks
+
+STRATEGIES = ("default", "cpu", "gpu", "ddp", "zero", "fsdp")
+STRATEGY_ALIASES = {"distributed": "ddp"}
+LOGGERS = ("none", "console", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class EngineConfig:
+    """Options of the whole run.
+
+    ``train_iters`` counts steps of the lowest problems (global steps). ``valid_step`` is the
+    period of ``Engine.validation()`` in global steps; ``0`` or a negative value disables it.
+    Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
+    """
+
+    train_iters: int = 50000
+    valid_step: int = 500
+    logger_type: str = "none"
+    log_dir: str = "runs"
+    run_name: str | None = None
+    roll_back: bool = False
+    strategy: str = "default"
+    backend: str | None = None
+    early_stopping: bool = False
+    early_stopping_mode: str = "min"
+    early_stopping_tolerance: int = 5
+    early_stopping_metric: str = "loss"
+    checkpoint_dir: str | None = None
+    checkpoint_step: int = 0
+    resume: bool = False
+    progress: bool = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "distributed" in kwargs:
+            distributed = kwargs.pop("distributed")
+            if distributed:
+                kwargs.setdefault("strategy", "ddp")
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(
+                f"EngineConfig got unknown option(s) {unknown}; valid options: {sorted(names)}"
+            )
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, kwargs.get(f.name, f.default))
+        self.strategy = STRATEGY_ALIASES.get(self.strategy, self.strategy)
+        self.validate()
+
+    def validate(self) -> None:
+        _checks.int_at_least("EngineConfig train_iters", self.train_iters, 0)
+        if isinstance(self.valid_step, bool) or not isinstance(self.valid_step, int):
+            raise ValueError(f"EngineConfig valid_step must be an integer, got {self.valid_step!r}")
+        _checks.one_of("EngineConfig logger_type", self.logger_type, LOGGERS)
+        _checks.one_of("EngineConfig strategy", self.strategy, STRATEGIES)
+        _checks.one_of("EngineConfig early_stopping_mode", self.early_stopping_mode, ("min", "max"))
+        _checks.int_at_least(
+            "EngineConfig early_stopping_tolerance", self.early_stopping_tolerance, 1
+        )
+        _checks.int_at_least("EngineConfig checkpoint_step", self.checkpoint_step, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,0 +1,123 @@
+"""Per-problem options (Betty's ``Config``), validated where they enter."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _checks
+from ..hypergradient import Method, cg, darts, exact, first_order, neumann, sama
+
+METHOD_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# keywords from older releases and tutorials, mapped to the current fields
+_LEGACY: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "fp16": ("precision", lambda v: "fp16" if v else "fp32"),
+    "steps": ("unroll_steps", int),
+}
+
+
+@dataclass
+class Config:
+    """Options of one problem (level).
+
+    ``type`` (or an explicit ``hypergradient`` method object, which takes precedence) selects
+    the method used when *this* problem is the lower level of a hop, as in Betty. The
+    method-specific fields (``darts_alpha``, ``neumann_*``, ``cg_*``, ``sama_*``) configure it.
+
+    Differences from Betty, on purpose:
+
+    * ``cg_alpha`` rescales the system that CG solves; CG is invariant to that scaling, so every
+      value gives the same, correct answer (Betty's was correct only at 1.0).
+    * ``retain_graph`` and ``first_order`` are accepted for compatibility; ziggurat never needs
+      ``retain_graph`` and chooses implicit or unrolled differentiation from the problem types.
+    * ``allow_unused`` is accepted; unused parameters always receive a zero hypergradient.
+    """
+
+    type: str = "darts"
+    unroll_steps: int = 1
+    first_order: bool = True
+    retain_graph: bool = False
+    allow_unused: bool = True
+    gradient_accumulation: int = 1
+    gradient_clipping: float = 0.0
+    precision: str = "fp32"
+    initial_dynamic_scale: float = 4096.0
+    scale_factor: float = 2.0
+    warmup_steps: int = 0
+    log_step: int = -1
+    log_local_step: bool = False
+    darts_alpha: float = 0.01
+    darts_multitask: bool = False
+    sama_adam_alpha: float = 1.0
+    sama_multitask: bool = False
+    neumann_iterations: int = 1
+    neumann_alpha: float = 1.0
+    cg_iterations: int = 1
+    cg_alpha: float = 1.0
+    cg_tol: float = 1e-10
+    cg_warm_start: bool = False
+    hypergradient: Any = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        for old, (new, convert) in _LEGACY.items():
+            if old in kwargs:
+                kwargs.setdefault(new, convert(kwargs.pop(old)))
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(
+                f"Config got unknown option(s) {unknown}; valid options: {sorted(names)}"
+            )
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, kwargs.get(f.name, f.default))
+        self.validate()
+
+    def validate(self) -> None:
+        if self.hypergradient is None:
+            _checks.one_of("Config type", self.type, METHOD_TYPES)
+        elif not callable(self.hypergradient):
+            raise ValueError(
+                "Config hypergradient must be a method object such as "
+                f"ziggurat.hypergradient.cg(), got {self.hypergradient!r}"
+            )
+        _checks.int_at_least("Config unroll_steps", self.unroll_steps, 1)
+        _checks.int_at_least("Config gradient_accumulation", self.gradient_accumulation, 1)
+        _checks.non_negative("Config gradient_clipping", self.gradient_clipping)
+        _checks.one_of("Config precision", self.precision, PRECISIONS)
+        _checks.int_at_least("Config warmup_steps", self.warmup_steps, 0)
+        _checks.positive("Config darts_alpha", self.darts_alpha)
+        _checks.positive("Config sama_adam_alpha", self.sama_adam_alpha)
+        _checks.int_at_least("Config neumann_iterations", self.neumann_iterations, 0)
+        _checks.positive("Config neumann_alpha", self.neumann_alpha)
+        _checks.int_at_least("Config cg_iterations", self.cg_iterations, 1)
+        _checks.positive("Config cg_alpha", self.cg_alpha)
+        _checks.positive("Config cg_tol", self.cg_tol)
+        _checks.positive("Config initial_dynamic_scale", self.initial_dynamic_scale)
+        _checks.positive("Config scale_factor", self.scale_factor)
+        if isinstance(self.log_step, bool) or not isinstance(self.log_step, int):
+            raise ValueError(f"Config log_step must be an integer, got {self.log_step!r}")
+
+    def method(self) -> Method:
+        """The hypergradient method this problem uses as the lower level of a hop."""
+        if self.hypergradient is not None:
+            method: Method = self.hypergradient
+            return method
+        builders: dict[str, Callable[[], Method]] = {
+            "darts": lambda: darts(radius=self.darts_alpha),
+            "sama": lambda: sama(self.sama_adam_alpha),
+            "neumann": lambda: neumann(self.neumann_iterations, self.neumann_alpha),
+            "cg": lambda: cg(self.cg_iterations, self.cg_tol, warm_start=self.cg_warm_start),
+            "exact": exact,
+            "first_order": first_order,
+        }
+        return builders[self.type]()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the method object as its repr), for logs and checkpoints."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["hypergradient"] = None if self.hypergradient is None else repr(self.hypergradient)
+        return out

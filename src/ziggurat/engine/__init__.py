@@ -1,0 +1,3 @@
+"""The engine that runs multilevel programs."""
+
+from ._engine import Engine as Engine

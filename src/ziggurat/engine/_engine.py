@@ -1,0 +1,185 @@
+"""``Engine``: owns the problems, validates their dependencies and runs the program."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..configs import EngineConfig
+from ..problems import Problem
+from ._graph import Graph, parse
+
+log = logging.getLogger("ziggurat")
+
+
+class Engine:
+    """Runs a multilevel program.
+
+    Args:
+        problems: every problem (level) of the program.
+        config: an :class:`~ziggurat.configs.EngineConfig`.
+        dependencies: ``{"u2l": {upper: [lower, ...]}, "l2u": {lower: [upper, ...]}}`` with
+            problems or their names; validated before any step (see ``ziggurat.engine._graph``).
+        env: an optional environment object, reachable as ``problem.env``.
+
+    Each iteration steps the lowest problems; upper problems step when their lower problems
+    finish an inner loop (see :meth:`Problem.step`). ``validation()`` (override it) runs every
+    ``valid_step`` iterations and its dict is logged. Problems are attributes by name.
+    """
+
+    def __init__(
+        self,
+        problems: Sequence[Problem],
+        config: EngineConfig | None = None,
+        dependencies: Mapping[str, Any] | None = None,
+        env: Any = None,
+    ) -> None:
+        if config is not None and not isinstance(config, EngineConfig):
+            raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+        for p in problems:
+            if not isinstance(p, Problem):
+                raise TypeError(f"problems must be Problem instances, got {type(p).__name__}")
+        self.config = config if config is not None else EngineConfig()
+        self.problems = list(problems)
+        self.env = env
+        self.global_step = 0
+        self.validation_history: list[dict[str, float]] = []
+        self.stopped_early = False
+        self._by_name = {p.name: p for p in self.problems}
+        self.graph: Graph = parse([p.name for p in self.problems], dependencies)
+        for name in self._by_name:
+            if hasattr(type(self), name):
+                raise ValueError(
+                    f"problem name {name!r} clashes with an Engine attribute; rename it"
+                )
+        self.device = self._pick_device()
+        self.initialize()
+
+    # ------------------------------------------------------------------ setup
+    def _pick_device(self) -> torch.device:
+        strategy = self.config.strategy
+        if strategy == "gpu" and not torch.cuda.is_available():
+            raise ValueError("EngineConfig strategy='gpu' but CUDA is not available; use 'cpu'")
+        if strategy in ("gpu", "default") and torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def initialize(self) -> None:
+        """Wire parents, children and paths, then initialise every problem."""
+        for p in self.problems:
+            p.env = self.env
+            p.children = [self._by_name[n] for n in self.graph.children(p.name)]
+            p.parents = [self._by_name[n] for n in self.graph.uppers.get(p.name, [])]
+            p.paths = [
+                [self._by_name[n] for n in path] for path in self.graph.paths.get(p.name, [])
+            ]
+            p.ready = {c.name: False for c in p.children}
+        for p in self.problems:
+            p.initialize(self)
+        self.leaves = [self._by_name[n] for n in self.graph.leaves]
+        # unrolled levels keep a graph that several backward passes traverse
+        self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
+
+    # ------------------------------------------------------------------ names
+    def problem_by_name(self, name: str) -> Problem | None:
+        return self.__dict__.get("_by_name", {}).get(name)
+
+    def problem_names(self) -> list[str]:
+        return list(self.__dict__.get("_by_name", {}))
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("_"):
+            raise AttributeError(item)
+        found = self.problem_by_name(item)
+        if found is None:
+            raise AttributeError(
+                f"Engine has no attribute or problem named {item!r}; known problems: "
+                f"{sorted(self.problem_names())}"
+            )
+        return found
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> dict[str, float] | None:
+        """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
+        self.train()
+        last = None
+        while self.global_step < self.config.train_iters:
+            self.train_step()
+            if self._validation_due():
+                last = self.do_validation()
+                if self.stopped_early:
+                    break
+        return last
+
+    def train_step(self) -> None:
+        """One iteration: step every lowest problem (uppers follow when their turn comes)."""
+        self.global_step += 1
+        for leaf in self.leaves:
+            leaf.step(self.global_step)
+
+    def _validation_due(self) -> bool:
+        every = self.config.valid_step
+        return every > 0 and self.global_step % every == 0
+
+    def validation(self) -> dict[str, Any] | None:
+        """Override to evaluate the program; the returned dict is logged. Default: nothing."""
+        return None
+
+    def do_validation(self) -> dict[str, float] | None:
+        self.eval()
+        try:
+            stats = self.validation()
+        finally:
+            self.train()
+        if stats is None:
+            return None
+        if not isinstance(stats, Mapping):
+            raise TypeError(f"validation() must return a dict or None, got {type(stats).__name__}")
+        values = {k: _to_float(v) for k, v in stats.items()}
+        self.validation_history.append(values)
+        self.log_metrics("validation", values, self.global_step)
+        self._check_early_stopping(values)
+        return values
+
+    def _check_early_stopping(self, values: dict[str, float]) -> None:
+        if not self.config.early_stopping:
+            return
+        metric = self.config.early_stopping_metric
+        if metric not in values:
+            raise KeyError(
+                f"early stopping metric {metric!r} is not in the validation dict (keys "
+                f"{sorted(values)}); return it from validation() or set early_stopping_metric"
+            )
+        series = [v[metric] for v in self.validation_history]
+        sign = 1.0 if self.config.early_stopping_mode == "min" else -1.0
+        best_at = min(range(len(series)), key=lambda i: sign * series[i])
+        if len(series) - 1 - best_at >= self.config.early_stopping_tolerance:
+            self.stopped_early = True
+            log.info(
+                "early stopping at global step %d (best %s=%g)",
+                self.global_step,
+                metric,
+                series[best_at],
+            )
+
+    def train(self) -> None:
+        for p in self.problems:
+            p.train()
+
+    def eval(self) -> None:
+        for p in self.problems:
+            p.eval()
+
+    # ------------------------------------------------------------------ logging
+    def log_metrics(self, source: str, values: Mapping[str, float], step: int) -> None:
+        text = " || ".join(f"{k}: {v:.6g}" for k, v in values.items())
+        log.info("[%s] [global step %d] %s", source, step, text)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean())
+    return float(value)

@@ -1,0 +1,66 @@
+"""Turning a problem's stateful ``training_step`` into a pure loss ``f(w, lam)``.
+
+The pure loss evaluates the lower problem's ``training_step`` on a fixed batch with the lower
+problem's parameters replaced by ``w`` and the upper problem's by ``lam``. Module parameters are
+replaced with ``torch.func.functional_call`` on a small joint module, so ``self.module(x)`` and
+``self.upper(x)`` inside ``training_step`` both see the substituted tensors; problems that hold
+their parameters as a dict (``IterativeProblem``) have that dict swapped for the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .._types import InnerLoss, Params
+
+if TYPE_CHECKING:
+    from ._problem import Problem
+
+
+class _Joint(nn.Module):
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(modules)
+
+    def forward(self, fn: Callable[[], Tensor]) -> Tensor:
+        return fn()
+
+
+@contextmanager
+def _swapped(problems: list[tuple[Problem, Params]]) -> Iterator[None]:
+    saved = [(p, p.swap_params(t)) for p, t in problems]
+    try:
+        yield
+    finally:
+        for p, old in reversed(saved):
+            p.swap_params(old)
+
+
+def _module(problem: Problem) -> nn.Module:
+    assert problem.module is not None
+    return problem.module
+
+
+def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Params]]) -> Tensor:
+    """Run ``fn`` with each problem's parameters replaced by the given tensors."""
+    modular = [(p, t) for p, t in values if p.params_live_in_module]
+    swapped = [(p, t) for p, t in values if not p.params_live_in_module]
+    joint = _Joint({f"p{i}": _module(p) for i, (p, _) in enumerate(modular)})
+    flat = {f"parts.p{i}.{k}": v for i, (_, t) in enumerate(modular) for k, v in t.items()}
+    with _swapped(swapped):
+        out: Tensor = torch.func.functional_call(joint, flat, (fn,), strict=False)
+    return out
+
+
+def pure_loss(lower: Problem, upper: Problem, batch: Any) -> InnerLoss:
+    """``f(w, lam)``: ``lower``'s loss on ``batch`` at parameters ``w`` and upper ``lam``."""
+
+    def inner(w: Params, lam: Params) -> Tensor:
+        return substituted_call(lambda: lower.loss_of(batch), [(lower, w), (upper, lam)])
+
+    return inner

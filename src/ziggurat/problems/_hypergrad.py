@@ -1,0 +1,81 @@
+"""The upper problem's gradient: its direct gradient plus the fold of every path.
+
+For a path ``[U, L, X_1, ..., U]`` the cotangent ``dL_U/dw_L`` is folded through each hop's
+best-response product, the method of each hop chosen by its lower problem (as in Betty). Lower
+problems that are unrolled (``IterativeProblem``) need no fold on the first hop: the direct
+gradient already differentiates through their recorded trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .. import _tree
+from .._types import Params
+from ..hypergradient import Hop, fold
+from ._functional import pure_loss
+
+if TYPE_CHECKING:
+    from ._problem import Problem
+
+HopKey = tuple[str, int, int]
+"""(upper problem, path index, hop index): identifies one hop, e.g. for warm starts."""
+
+
+def _first_lowers(problem: Problem) -> list[Problem]:
+    seen: dict[str, Problem] = {}
+    for path in problem.paths:
+        if path[1].params_live_in_module:
+            seen.setdefault(path[1].name, path[1])
+    return list(seen.values())
+
+
+def _direct(
+    problem: Problem, loss: Tensor, firsts: list[Problem]
+) -> tuple[Params, dict[str, Params]]:
+    """One backward pass: gradients on the problem's own parameters and on each first lower's."""
+    groups = [problem.named_trainable_parameters()] + [
+        p.named_trainable_parameters() for p in firsts
+    ]
+    inputs = [t for g in groups for t in g.values()]
+    retain = problem.engine is not None and problem.engine.has_unrolled
+    raw = (
+        torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain) if inputs else ()
+    )
+    filled = iter(torch.zeros_like(t) if g is None else g for g, t in zip(raw, inputs, strict=True))
+    trees = [{k: next(filled) for k in g} for g in groups]
+    return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}
+
+
+def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop], list[HopKey]]:
+    hops, keys = [], []
+    for j in range(1, len(path) - 1):
+        lower, upper = path[j], path[j + 1]
+        method = lower.hop_method()
+        key = (problem.name, index, j)
+        inner = pure_loss(lower, upper, lower.cur_batch)
+        w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
+        hops.append(Hop(method, inner, w, lam, lower.hop_context(method, key)))
+        keys.append(key)
+    return hops, keys
+
+
+def total_gradient(problem: Problem, loss: Tensor) -> Params:
+    """``dL/dtheta`` for ``problem``: direct term plus every path's folded hypergradient."""
+    firsts = _first_lowers(problem)
+    direct, cotangents = _direct(problem, loss, firsts)
+    total = _tree.detach(direct)
+    problem.last_hop_info = []
+    for index, path in enumerate(problem.paths):
+        if path[1].name not in cotangents:
+            continue  # unrolled lower: the direct gradient went through its trajectory
+        hops, keys = _hops(problem, index, path)
+        contribution, infos = fold(hops, cotangents[path[1].name])
+        total = _tree.add(total, contribution)
+        for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
+            lower.remember_hop(key, hop.method, info)
+        problem.last_hop_info.extend(infos)
+    return total

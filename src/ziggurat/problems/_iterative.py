@@ -1,0 +1,155 @@
+"""``IterativeProblem``: a level differentiated through its own unrolled optimizer steps.
+
+Its parameters are a dict of tensors that stays connected to the autograd graph from the start
+of each inner loop: every step is an out-of-place update by the differentiable twin of the
+user's ``torch.optim`` optimizer (:func:`ziggurat.optim.from_torch`), so an upper problem that
+reads this one differentiates through the whole trajectory (Maclaurin et al. 2015; Finn et al.
+2017). The graph is cut when the next inner loop starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .. import _tree
+from .._types import InnerLoss, Params
+from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method
+from ..optim import FunctionalOptimizer, OptState, from_torch
+from ._problem import Problem
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """``v^T dw_T/dlam`` through the recorded graph of an unrolled inner loop.
+
+    ``w`` must be the live parameters of the unrolled level and ``lam`` the live parameters of
+    the level above; ``inner`` is not used.
+    """
+
+    @property
+    def name(self) -> str:
+        return "trajectory"
+
+    def __call__(
+        self, inner: InnerLoss, w: Params, lam: Params, v: Params, context: HopContext = NO_CONTEXT
+    ) -> HopResult:
+        live = [(w[k], v[k].detach()) for k in v if w[k].requires_grad]
+        targets = list(lam.values())
+        if not live:
+            return HopResult(_tree.zeros_like(_tree.detach(lam)), HopInfo(self.name))
+        grads = torch.autograd.grad(
+            [t for t, _ in live],
+            targets,
+            grad_outputs=[c for _, c in live],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return HopResult(_tree.detach(_tree.fill_none(grads, lam)), HopInfo(self.name))
+
+
+class IterativeProblem(Problem):
+    """A level whose parameters are unrolled differentiably (iterative differentiation).
+
+    ``self.params`` holds the current parameters. At each inner-loop start they are re-read
+    from the module (detached), so ``on_inner_loop_start`` may reset or copy module weights;
+    assigning ``self.params`` inside that hook instead (e.g. to the meta-parameters of a
+    MAML outer level) keeps them differentiable with respect to what they were built from.
+    The module's own parameters are kept equal to ``self.params`` (detached) after every
+    step, for evaluation. ``Config.type`` is not used: hops through this level follow its
+    recorded trajectory. Only ``torch.optim`` SGD, Adam and AdamW are supported.
+    """
+
+    params_live_in_module = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._params: Params = {}
+        self._params_assigned = False
+        self._fopt: FunctionalOptimizer | None = None
+        self._opt_state: OptState | None = None
+        self._pending: Params | None = None
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._params = dict(value)
+        self._params_assigned = True
+
+    def initialize(self, engine: Engine) -> None:
+        super().initialize(engine)
+        assert self.optimizer is not None
+        self._fopt = from_torch(self.optimizer)
+        self._params = _tree.leaves(super().named_trainable_parameters())
+        self._opt_state = self._fopt.init(_tree.detach(self._params))
+
+    def named_trainable_parameters(self) -> Params:
+        return self._params
+
+    def swap_params(self, new: Params) -> Params:
+        old, self._params = self._params, dict(new)
+        return old
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.module is not None
+        return torch.func.functional_call(self.module, self._params, args, kwargs)
+
+    def hop_method(self) -> Method:
+        return Trajectory()
+
+    def begin_inner_loop(self) -> None:
+        if not self._params_assigned:
+            assert self.module is not None
+            live = {k: p for k, p in self.module.named_parameters() if k in self._params}
+            self._params = _tree.leaves(live)
+        self._params_assigned = False
+        assert self._opt_state is not None
+        self._opt_state = self._opt_state.detach()
+        self._pending = None
+
+    def gradients(self, loss: Tensor) -> Params:
+        if self.paths:
+            raise ValueError(
+                f"problem {self.name!r}: an IterativeProblem cannot receive hypergradients from "
+                "lower levels; make it an ImplicitProblem"
+            )
+        grads = torch.autograd.grad(
+            loss, list(self._params.values()), create_graph=True, allow_unused=True
+        )
+        return _tree.fill_none(grads, self._params)
+
+    def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:
+        self._pending = grads if self._pending is None else _tree.add(self._pending, grads)
+        if not boundary:
+            return
+        assert self._fopt is not None and self._opt_state is not None
+        self._params, self._opt_state = self._fopt.step(
+            self._params, self._pending, self._opt_state
+        )
+        self._pending = None
+        self._sync_module()
+        self.param_callback()
+
+    def _sync_module(self) -> None:
+        assert self.module is not None
+        with torch.no_grad():
+            for k, p in self.module.named_parameters():
+                if k in self._params:
+                    p.copy_(self._params[k].detach())
+
+    def cache_states(self) -> dict[str, Any]:
+        return {"params": _tree.detach(self._params), "opt_state": self._opt_state}
+
+    def recover_states(self, cache: dict[str, Any]) -> None:
+        self._params = _tree.leaves(cache["params"])
+        self._opt_state = cache["opt_state"]
+        self._sync_module()

@@ -1,0 +1,221 @@
+"""The gradient an upper problem receives through Engine.run equals the closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ziggurat import Engine
+from ziggurat.analytic import QuadraticBilevel, QuadraticTrilevel
+from ziggurat.configs import Config, EngineConfig
+from ziggurat.hypergradient import cg, exact, neumann
+from ziggurat.problems import ImplicitProblem, IterativeProblem
+
+D = torch.float64
+
+
+class Vec(nn.Module):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = nn.Parameter(value.clone())
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+def loader(n: int = 1):
+    return [torch.zeros(1)] * n
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] = []
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+
+def methods_for(n: int, h: torch.Tensor):
+    eig = torch.linalg.eigvalsh(h)
+    lmax = float(eig.max())
+    steps = int(math.log(1e-10) / math.log(1 - float(eig.min()) / lmax)) + 1
+    return {
+        "cg": Config(hypergradient=cg(n, 1e-300)),
+        "cg_type": Config(type="cg", cg_iterations=n, cg_tol=1e-300, cg_alpha=0.1),
+        "neumann": Config(hypergradient=neumann(steps, 1.0 / lmax)),
+        "neumann_type": Config(type="neumann", neumann_iterations=steps, neumann_alpha=1.0 / lmax),
+        "exact": Config(hypergradient=exact()),
+    }
+
+
+def bilevel_program(q: QuadraticBilevel, lower_config: Config, rec: Recorder):
+    class Upper(ImplicitProblem):
+        def training_step(self, batch):
+            w = self.lower()
+            lam = self.module()
+            return 0.5 * (w - q.t).pow(2).sum() + 0.5 * q.c * lam.pow(2).sum()
+
+        def grad_callback(self):
+            rec.grads.append(self.module.value.grad.clone())
+            rec.snapshots.append(
+                {
+                    "w": self.lower.module.value.detach().clone(),
+                    "lam": self.module.value.detach().clone(),
+                }
+            )
+
+    class Lower(ImplicitProblem):
+        def training_step(self, batch):
+            w = self.module()
+            return 0.5 * w @ q.A @ w - w @ q.B @ self.upper()
+
+    w0 = torch.randn(q.A.shape[0], dtype=D)
+    up_mod, low_mod = Vec(q.lam0), Vec(w0)
+    upper = Upper(
+        name="upper",
+        module=up_mod,
+        optimizer=torch.optim.SGD(up_mod.parameters(), lr=0.05),
+        train_data_loader=loader(),
+        config=Config(),
+    )
+    lower = Lower(
+        name="lower",
+        module=low_mod,
+        optimizer=torch.optim.SGD(low_mod.parameters(), lr=0.05),
+        train_data_loader=loader(),
+        config=lower_config,
+    )
+    return upper, lower
+
+
+@pytest.mark.parametrize("kind", ["cg", "cg_type", "neumann", "neumann_type", "exact"])
+def test_two_level_engine_gradient_equals_closed_form(kind: str) -> None:
+    q = QuadraticBilevel.make(n=6, m=4, seed=2)
+    rec = Recorder()
+    upper, lower = bilevel_program(q, methods_for(6, q.A)[kind], rec)
+    engine = Engine(
+        problems=[upper, lower],
+        config=EngineConfig(train_iters=6, valid_step=0),
+        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
+    )
+    engine.run()
+    assert len(rec.grads) == 6
+    for g, snap in zip(rec.grads, rec.snapshots, strict=True):
+        v = snap["w"] - q.t
+        expected = q.B.T @ torch.linalg.solve(q.A, v) + q.c * snap["lam"]
+        assert float((g - expected).norm() / expected.norm()) < 1e-6
+
+
+def trilevel_program(
+    tri: QuadraticTrilevel, middle_config: Config, lower_config: Config, rec: Recorder
+):
+    class Up(ImplicitProblem):
+        def training_step(self, batch):
+            return tri.upper({"x": self.module()}, self.mid(), self.low())
+
+        def grad_callback(self):
+            rec.grads.append(self.module.value.grad.clone())
+            rec.snapshots.append(
+                {
+                    "x": self.module.value.detach().clone(),
+                    "y": self.mid.module.value.detach().clone(),
+                    "z": self.low.module.value.detach().clone(),
+                }
+            )
+
+    class Mid(ImplicitProblem):
+        def training_step(self, batch):
+            return tri.middle({"y": self.module()}, {"x": self.up()}, self.low())
+
+    class Low(ImplicitProblem):
+        def training_step(self, batch):
+            return tri.lower({"z": self.module()}, {"y": self.mid()})
+
+    z, y, x = tri.point()
+    mods = {"up": Vec(x), "mid": Vec(y + 0.1), "low": Vec(z - 0.1)}
+    cfgs = {"up": Config(), "mid": middle_config, "low": lower_config}
+    classes = {"up": Up, "mid": Mid, "low": Low}
+    return [
+        classes[n](
+            name=n,
+            module=mods[n],
+            optimizer=torch.optim.SGD(mods[n].parameters(), lr=0.02),
+            train_data_loader=loader(),
+            config=cfgs[n],
+        )
+        for n in ("up", "mid", "low")
+    ]
+
+
+@pytest.mark.parametrize("kind", ["cg", "neumann", "exact"])
+def test_three_level_engine_gradient_with_method_at_every_level(kind: str) -> None:
+    tri = QuadraticTrilevel.make(seed=1)
+    h2 = tri.H2_partial()
+    cfg_mid = methods_for(h2.shape[0], h2)[kind]
+    cfg_low = methods_for(tri.A1.shape[0], tri.A1)[kind]
+    rec = Recorder()
+    up, mid, low = trilevel_program(tri, cfg_mid, cfg_low, rec)
+    engine = Engine(
+        problems=[up, mid, low],
+        config=EngineConfig(train_iters=4, valid_step=0),
+        dependencies={"u2l": {up: [mid, low], mid: [low]}, "l2u": {low: [mid], mid: [up]}},
+    )
+    engine.run()
+    assert len(rec.grads) == 4
+    for g, s in zip(rec.grads, rec.snapshots, strict=True):
+        expected = tri.hop_hypergradient(s["x"], s["y"], s["z"])
+        assert float((g - expected).norm() / expected.norm()) < 1e-6
+
+
+def test_iterative_problem_matches_exact_unrolled_derivative() -> None:
+    q = QuadraticBilevel.make(n=5, m=3, seed=4)
+    T, lr = 4, 0.05
+    rec = Recorder()
+    w0 = torch.randn(5, dtype=D)
+
+    class Upper(ImplicitProblem):
+        def training_step(self, batch):
+            w = self.lower()
+            return 0.5 * (w - q.t).pow(2).sum()
+
+        def grad_callback(self):
+            rec.grads.append(self.module.value.grad.clone())
+
+    class Lower(IterativeProblem):
+        def training_step(self, batch):
+            w = self.forward()
+            return 0.5 * w @ q.A @ w - w @ q.B @ self.upper()
+
+        def on_inner_loop_start(self):
+            with torch.no_grad():
+                self.module.value.copy_(w0)
+
+    up_mod, low_mod = Vec(q.lam0), Vec(w0)
+    upper = Upper(
+        name="upper",
+        module=up_mod,
+        optimizer=torch.optim.SGD(up_mod.parameters(), lr=0.0),
+        train_data_loader=loader(),
+    )
+    lower = Lower(
+        name="lower",
+        module=low_mod,
+        optimizer=torch.optim.SGD(low_mod.parameters(), lr=lr),
+        train_data_loader=loader(),
+        config=Config(unroll_steps=T),
+    )
+    Engine(
+        problems=[upper, lower],
+        config=EngineConfig(train_iters=T, valid_step=0),
+        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
+    ).run()
+    # closed form: w_T = P^T w0 + sum_t P^t lr B lam, P = I - lr A
+    P = torch.eye(5, dtype=D) - lr * q.A
+    w_T = torch.linalg.matrix_power(P, T) @ w0 + sum(
+        torch.linalg.matrix_power(P, t) @ (lr * q.B @ q.lam0) for t in range(T)
+    )
+    J = sum(torch.linalg.matrix_power(P, t) @ (lr * q.B) for t in range(T))
+    expected = J.T @ (w_T - q.t)
+    assert len(rec.grads) == 1
+    assert float((rec.grads[0] - expected).norm() / expected.norm()) < 1e-10

@@ -1,0 +1,276 @@
+"""The Betty-compatible surface: bad input, tutorial style, legacy keywords, data handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ziggurat import Engine
+from ziggurat.configs import Config, EngineConfig
+from ziggurat.hypergradient import cg
+from ziggurat.problems import ImplicitProblem, Problem
+
+
+def make(cls, name, loader=None, **config):
+    module = nn.Linear(2, 1)
+    return cls(
+        name=name,
+        module=module,
+        optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        train_data_loader=[torch.ones(3, 2)] if loader is None else loader,
+        config=Config(**config),
+    )
+
+
+class Lower(ImplicitProblem):
+    def training_step(self, batch):
+        return (self.module(batch) - self.upper(batch)).pow(2).mean()
+
+
+class Upper(ImplicitProblem):
+    def training_step(self, batch):
+        return self.lower(batch).pow(2).mean()
+
+
+def pair(**lower_config):
+    up, low = make(Upper, "upper"), make(Lower, "lower", **lower_config)
+    return up, low, {"u2l": {up: [low]}, "l2u": {low: [up]}}
+
+
+# ---------------------------------------------------------------- dependency errors
+def test_cycle_is_named() -> None:
+    a, b, c = make(Upper, "a"), make(Upper, "b"), make(Upper, "c")
+    with pytest.raises(
+        ValueError, match=r"cycle: (a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)"
+    ):
+        Engine(problems=[a, b, c], dependencies={"l2u": {a: [b], b: [c], c: [a]}})
+
+
+def test_unknown_name_in_u2l_lists_known_problems() -> None:
+    up, low, _ = pair()
+    with pytest.raises(ValueError, match=r"'ghost'.*not in `problems`.*\['lower', 'upper'\]"):
+        Engine(problems=[up, low], dependencies={"u2l": {"upper": ["ghost"]}, "l2u": {low: [up]}})
+
+
+def test_problem_in_dependencies_but_not_in_problems() -> None:
+    up, _, deps = pair()
+    with pytest.raises(ValueError, match=r"'lower'.*not in `problems`.*add it"):
+        Engine(problems=[up], dependencies=deps)
+
+
+def test_duplicate_names() -> None:
+    a, b = make(Upper, "same"), make(Lower, "same")
+    with pytest.raises(ValueError, match=r"duplicate problem names \['same'\]"):
+        Engine(problems=[a, b])
+
+
+def test_u2l_edge_without_path_back() -> None:
+    up, low = make(Upper, "upper"), make(Lower, "lower")
+    with pytest.raises(ValueError, match=r"u2l edge upper -> lower has no l2u path.*add l2u"):
+        Engine(problems=[up, low], dependencies={"u2l": {up: [low]}})
+
+
+def test_unknown_dependency_key() -> None:
+    up, low, _ = pair()
+    with pytest.raises(ValueError, match=r"unknown keys \['l2l'\]"):
+        Engine(problems=[up, low], dependencies={"l2l": {}})
+
+
+# ---------------------------------------------------------------- runtime errors
+def test_non_scalar_loss_names_the_problem() -> None:
+    class Bad(ImplicitProblem):
+        def training_step(self, batch):
+            return self.module(batch)
+
+    bad = make(Bad, "bad")
+    with pytest.raises(ValueError, match=r"problem 'bad'.*shape \(3, 1\).*return a scalar"):
+        Engine(problems=[bad], config=EngineConfig(train_iters=1)).run()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_loss_names_problem_and_step(value: float) -> None:
+    class Blows(ImplicitProblem):
+        def training_step(self, batch):
+            loss = self.module(batch).pow(2).mean()
+            return loss * value if self.count == 3 else loss
+
+    p = make(Blows, "blows")
+    with pytest.raises(
+        FloatingPointError, match=r"problem 'blows'.*(nan|inf) at global step 3, local step 3"
+    ):
+        Engine(problems=[p], config=EngineConfig(train_iters=5)).run()
+
+
+def test_missing_training_step() -> None:
+    p = make(ImplicitProblem, "plain")
+    with pytest.raises(NotImplementedError, match=r"'plain'.*must define training_step"):
+        Engine(problems=[p], config=EngineConfig(train_iters=1)).run()
+
+
+def test_missing_module_and_optimizer() -> None:
+    with pytest.raises(
+        ValueError, match=r"'nomod' has no module: pass module= or define configure_module"
+    ):
+        Engine(problems=[Lower(name="nomod", config=Config(), train_data_loader=[1])])
+    with pytest.raises(ValueError, match=r"'noopt' has no optimizer: pass optimizer="):
+        Engine(problems=[Lower(name="noopt", module=nn.Linear(1, 1), train_data_loader=[1])])
+
+
+def test_empty_data_loader() -> None:
+    p = make(Lower, "lower", loader=[])
+    up = make(Upper, "upper")
+    with pytest.raises(ValueError, match=r"problem 'lower': its train_data_loader is empty"):
+        Engine(
+            problems=[up, p],
+            dependencies={"u2l": {up: [p]}, "l2u": {p: [up]}},
+            config=EngineConfig(train_iters=1),
+        ).run()
+
+
+def test_unknown_problem_name_inside_training_step() -> None:
+    class Typo(ImplicitProblem):
+        def training_step(self, batch):
+            return self.uper(batch).pow(2).mean()
+
+    p = make(Typo, "typo")
+    with pytest.raises(
+        AttributeError, match=r"no attribute or problem named 'uper'; known problems: \['typo'\]"
+    ):
+        Engine(problems=[p], config=EngineConfig(train_iters=1)).run()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Config(type="cgg"), r"Config type must be one of .*'cg'.*got 'cgg'"),
+        (lambda: Config(unroll_steps=0), r"Config unroll_steps must be an integer >= 1, got 0"),
+        (lambda: Config(neumann_alpha=-1.0), r"Config neumann_alpha must be a finite number > 0"),
+        (lambda: Config(precision="fp8"), r"Config precision must be one of"),
+        (lambda: Config(cg_alpha=0), r"Config cg_alpha"),
+        (lambda: EngineConfig(strategy="mpi"), r"EngineConfig strategy must be one of"),
+        (lambda: EngineConfig(early_stopping_mode="up"), r"early_stopping_mode must be one of"),
+        (lambda: EngineConfig(train_iters=-1), r"train_iters must be an integer >= 0"),
+    ],
+)
+def test_bad_option_values(build, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_unknown_option_names_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['unrol_steps'\]"):
+        Config(unrol_steps=2)
+
+
+def test_name_clashing_with_an_attribute() -> None:
+    with pytest.raises(ValueError, match=r"'train' clashes"):
+        make(Lower, "train")
+
+
+# ---------------------------------------------------------------- compatibility
+def test_legacy_keywords_map_to_current_fields() -> None:
+    assert Config(fp16=True).precision == "fp16"
+    assert Config(fp16=False).precision == "fp32"
+    assert EngineConfig(distributed=True).strategy == "ddp"
+    assert EngineConfig(strategy="distributed").strategy == "ddp"
+    assert EngineConfig(roll_back=True).roll_back
+
+
+def test_config_hypergradient_overrides_type() -> None:
+    method = cg(7)
+    assert Config(type="darts", hypergradient=method).method() is method
+    assert Config(type="neumann", neumann_iterations=3).method().solver.iterations == 3
+
+
+def test_cg_alpha_does_not_change_the_answer() -> None:
+    grads = []
+    for alpha in (0.1, 1.0, 7.0):
+        torch.manual_seed(0)
+        up, low, deps = pair(type="cg", cg_iterations=2, cg_alpha=alpha)
+        seen = []
+        up.grad_callback = lambda up=up, seen=seen: seen.append(up.module.weight.grad.clone())
+        Engine(problems=[up, low], dependencies=deps, config=EngineConfig(train_iters=1)).run()
+        grads.append(seen[0])
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
+
+
+def test_tutorial_style_configure_hooks_device_and_dict_loss() -> None:
+    xs = torch.linspace(-1, 1, 8).unsqueeze(1)
+
+    class Tutorial(ImplicitProblem):
+        def configure_module(self):
+            return nn.Linear(1, 1)
+
+        def configure_optimizer(self):
+            return torch.optim.SGD(self.module.parameters(), lr=0.3)
+
+        def configure_scheduler(self):
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
+
+        def configure_train_data_loader(self):
+            return [(xs, 3 * xs + 1)]
+
+        def training_step(self, batch):
+            x, y = batch
+            loss = (self.module(x) - y).pow(2).mean()
+            return {"loss": loss, "mae": (self.module(x) - y).abs().mean()}
+
+    p = Tutorial(name="tutorial", config=Config(), device="cpu")
+    Engine(problems=[p], config=EngineConfig(train_iters=60)).run()
+    assert p.last_metrics["mae"] < 0.05
+    assert p.scheduler.get_last_lr()[0] == pytest.approx(0.3 * 0.5**6)
+    assert abs(float(p.module.weight.detach()) - 3.0) < 0.05
+
+
+def test_several_loaders_give_a_tuple_and_nested_batches_reach_the_device() -> None:
+    seen = []
+
+    class Multi(ImplicitProblem):
+        def training_step(self, batch):
+            first, second = batch
+            seen.append((first["x"].device.type, second[0].shape))
+            return self.module(first["x"]).pow(2).mean()
+
+    module = nn.Linear(2, 1)
+    p = Multi(
+        name="multi",
+        module=module,
+        optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        train_data_loader=([{"x": torch.ones(3, 2)}], [[torch.zeros(5)], [torch.zeros(5)]]),
+        config=Config(),
+    )
+    Engine(problems=[p], config=EngineConfig(train_iters=3)).run()
+    assert seen == [("cpu", (5,))] * 3
+
+
+def test_loaders_cycle_and_call_epoch_callback() -> None:
+    epochs = []
+
+    class Cyc(ImplicitProblem):
+        def training_step(self, batch):
+            return self.module(batch).pow(2).mean()
+
+        def epoch_callback(self):
+            epochs.append(self.count)
+
+    p = make(Cyc, "cyc", loader=[torch.ones(1, 2), torch.zeros(1, 2)])
+    Engine(problems=[p], config=EngineConfig(train_iters=5)).run()
+    assert epochs == [3, 5]
+
+
+def test_imports_match_betty_layout() -> None:
+    import ziggurat.engine
+    import ziggurat.hypergradient
+    import ziggurat.problems
+
+    assert ziggurat.Engine is ziggurat.engine.Engine
+    assert issubclass(ziggurat.problems.ImplicitProblem, Problem)
+
+
+def test_engine_reaches_problems_by_name_and_reports_unknown() -> None:
+    up, low, deps = pair()
+    engine = Engine(problems=[up, low], dependencies=deps, config=EngineConfig(train_iters=0))
+    assert engine.upper is up and low.upper is up
+    with pytest.raises(AttributeError, match=r"known problems: \['lower', 'upper'\]"):
+        _ = engine.middle
