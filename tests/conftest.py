@@ -3,6 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The test problems are tiny: one intra-op thread avoids thread start-up and, on a loaded
+# machine, spin-waiting that makes each small product ten to a hundred times slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -24,6 +24,8 @@ from ziggurat.hypergradient import (
     darts,
     exact,
     first_order,
+    fixed_point,
+    gauss_newton,
     neumann,
     sama,
     unrolled,
@@ -61,6 +63,18 @@ def krylov_solution(H: Tensor, v: Tensor, k: int) -> Tensor:
         cols.append(H @ cols[-1])
     V, _ = torch.linalg.qr(torch.stack(cols, 1))
     return V @ torch.linalg.solve(V.T @ H @ V, V.T @ v)
+
+
+def factor_gauss_newton(spec: Spec):
+    """Gauss-Newton curvature of the quadratic inner loss read as ``1/2 ||L^T w||^2`` plus terms
+    linear in ``w``, with ``H = L L^T``: a linear model and a convex loss, so it equals ``H``."""
+    L = torch.linalg.cholesky(spec.H)
+
+    def outputs(w, lam):
+        (x,) = w.values()
+        return L.T @ x
+
+    return gauss_newton(outputs, lambda out: 0.5 * out.pow(2).sum())
 
 
 def neumann_model(H: Tensor, v: Tensor, K: int, alpha: float) -> Tensor:
@@ -126,6 +140,43 @@ CASES: list[Case] = [
         lambda s: neumann(5, 1.0 / s.lmax),
         lambda s, v: neumann_model(s.H, v, 5, 1.0 / s.lmax),
         False,
+    ),
+    Case(
+        "fixed_point_long",
+        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "fixed_point_warm",
+        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+        lambda s, key: HopContext(warm_start={key: torch.zeros(s.n, dtype=s.H.dtype)}),
+    ),
+    Case(
+        "fixed_point_5",
+        lambda s: fixed_point(5, 1.0 / s.lmax),
+        lambda s, v: neumann_model(s.H, v, 4, 1.0 / s.lmax),
+        False,
+    ),
+    Case(
+        "exact_gauss_newton",
+        lambda s: exact(curvature=factor_gauss_newton(s)),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "cg_gauss_newton",
+        lambda s: cg(s.n, 1e-300, curvature=factor_gauss_newton(s)),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "fixed_point_gauss_newton",
+        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13, curvature=factor_gauss_newton(s)),
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
     ),
     Case(
         "unrolled_long",

@@ -1,5 +1,6 @@
 """ziggurat: multilevel optimization and meta-learning for PyTorch, with verified hypergradients."""
 
+from . import hpo as hpo
 from . import hypergradient as hypergradient
 from . import linalg as linalg
 from . import optim as optim

@@ -45,14 +45,15 @@ class VerifyReport:
         raise KeyError(f"no row for {method!r}; rows: {[r.method for r in self.rows]}")
 
     def __str__(self) -> str:
+        width = max([14, *(len(r.method) + 2 for r in self.rows)])
         head = (
-            f"{'method':<14}{'rel.error':>11}{'cosine':>10}{'|g|/|g*|':>11}"
+            f"{'method':<{width}}{'rel.error':>11}{'cosine':>10}{'|g|/|g*|':>11}"
             f"{'iters':>7}{'residual':>11}{'ms':>9}"
         )
         lines = [f"reference: {self.reference}", head, "-" * len(head)]
         for r in self.rows:
             lines.append(
-                f"{r.method:<14}{r.rel_error:>11.2e}{r.cosine:>10.5f}{r.norm_ratio:>11.4g}"
+                f"{r.method:<{width}}{r.rel_error:>11.2e}{r.cosine:>10.5f}{r.norm_ratio:>11.4g}"
                 f"{r.iterations:>7d}{r.residual:>11.2e}{r.seconds * 1e3:>9.2f}"
             )
         return "\n".join(lines)

@@ -14,6 +14,7 @@ from ._base import Method
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._sama import Sama
+from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._unrolled import Unrolled
 
 
@@ -58,9 +59,47 @@ def cg(
     return Implicit(solver, MixedAutograd(), curvature, label="cg")
 
 
+def fixed_point(
+    iterations: int = 10,
+    step: float = 1.0,
+    *,
+    tol: float | None = None,
+    damping: float = 0.0,
+    curvature: Curvature = DoubleBackward(),
+) -> Implicit:
+    """Fixed-point implicit differentiation (Grazzi et al., ICML 2020).
+
+    Iterates the linearised inner gradient-descent map ``x <- x - step (H x - v)``; needs
+    ``step < 2 / lambda_max(H)``. Same iterates as :func:`neumann` (one behind for the same
+    cost), but reports the exact residual of its answer and stops once it is ``<= tol``.
+    Costs at most ``iterations`` Hessian-vector products plus one mixed product.
+    """
+    solver = linalg.fixed_point(iterations, step, tol=tol, damping=damping)
+    return Implicit(solver, MixedAutograd(), curvature, label="fixed_point")
+
+
 def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> Implicit:
     """Implicit differentiation with a dense direct solve: the reference for small problems."""
     return Implicit(linalg.dense(damping=damping), MixedAutograd(), curvature, label="exact")
+
+
+def stochastic(
+    loss: BatchLoss,
+    sample: Sampler,
+    *,
+    num_batches: int = 1,
+    mixed_batches: int | None = None,
+    solver: linalg.LinearSolver | None = None,
+    curvature: Curvature = DoubleBackward(),
+) -> Stochastic:
+    """Stochastic implicit differentiation (Grazzi et al., AISTATS 2021).
+
+    Hessian and mixed products averaged over ``num_batches`` and ``mixed_batches`` independent
+    mini-batches drawn by ``sample`` and scored by ``loss(w, lam, batch)``. The default solver is
+    ``conjugate_gradient(maxiter=100, tol=1e-10)``.
+    """
+    solver = linalg.conjugate_gradient(100, 1e-10) if solver is None else solver
+    return Stochastic(solver, loss, sample, num_batches, mixed_batches, curvature)
 
 
 def sama(radius: float = 1.0) -> Sama:
@@ -84,8 +123,10 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "darts": darts,
     "neumann": neumann,
     "cg": cg,
+    "fixed_point": fixed_point,
     "exact": exact,
     "sama": sama,
+    "stochastic": stochastic,
     "first_order": first_order,
     "unrolled": unrolled,
 }

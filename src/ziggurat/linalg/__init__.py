@@ -6,6 +6,8 @@ from ._damping import damped as damped
 from ._dense import Dense as Dense
 from ._dense import dense as dense
 from ._dense import materialize as materialize
+from ._fixed_point import FixedPoint as FixedPoint
+from ._fixed_point import fixed_point as fixed_point
 from ._identity import Identity as Identity
 from ._identity import identity as identity
 from ._neumann import Neumann as Neumann

@@ -1,0 +1,110 @@
+"""Stochastic implicit differentiation (Grazzi, Pontil & Salzo, AISTATS 2021).
+
+When the inner loss is an average over a large training set, ``f(w, lam) = E_xi f(w, lam; xi)``,
+its Hessian and mixed products can be replaced by averages over mini-batches. Grazzi et al.
+("Convergence properties of stochastic hypergradients", AISTATS 2021) show that the error of
+the resulting hypergradient is controlled by the variance of those estimates, which falls as
+more samples are used, and that the solve and the mixed product should use independent samples.
+
+Here the linear system is built from the average of ``num_batches`` mini-batch losses (so the
+operator is one fixed linear map during the solve and any solver, CG included, applies), and the
+mixed product from ``mixed_batches`` further, independent mini-batches::
+
+    H_S = (1/|S|) sum_{b in S} d^2 f_b/dw^2,     M_T = (1/|T|) sum_{b in T} d^2 f_b/dlam dw,
+    v^T dw*/dlam  ~  -M_T H_S^{-1} v.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _tree
+from .._products import Linearization, scalar_loss
+from .._types import InnerLoss, Params
+from ..linalg import LinearSolver
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+from ._implicit import Curvature, DoubleBackward
+
+BatchLoss = Callable[[Params, Params, Any], Tensor]
+"""``f(w, lam, batch) -> scalar``: the inner loss on one mini-batch, scaled like the full loss
+(e.g. a mean over the batch's examples when the full loss is a mean)."""
+
+Sampler = Callable[[], Any]
+"""Draws one mini-batch; it owns its random state (see :func:`random_batches`)."""
+
+
+def averaged(loss: BatchLoss, batches: Sequence[Any]) -> InnerLoss:
+    """The pure loss ``(w, lam) -> mean_b loss(w, lam, batch_b)`` over fixed batches."""
+
+    def inner(w: Params, lam: Params) -> Tensor:
+        terms = [scalar_loss(loss(w, lam, b), "stochastic batch loss") for b in batches]
+        return torch.stack(terms).mean()
+
+    return inner
+
+
+@dataclass(frozen=True)
+class Stochastic:
+    """``-M_T H_S^{-1} v`` with ``H_S`` and ``M_T`` averaged over independent mini-batches.
+
+    Each call draws ``num_batches`` batches for the Hessian and ``mixed_batches`` (default:
+    ``num_batches``) fresh ones for the mixed product. The ``inner`` argument of the method
+    signature, the full-batch loss, is not evaluated: every product comes from ``loss`` on
+    sampled batches. ``curvature`` must act on the linearisation it is given
+    (:class:`DoubleBackward` or :class:`ForwardOverReverse`); a :class:`GaussNewton` built on
+    full-batch outputs would ignore the batches.
+
+    The estimate is biased for finite samples (``E[H_S^{-1}] != H^{-1}``), but its error falls
+    as the sample grows: roughly like ``1/sqrt(num_batches)`` for the variance part and
+    ``1/num_batches`` for the bias.
+
+    Attributes:
+        solver: linear solver for ``H_S^{-1} v``.
+        loss: ``f(w, lam, batch)``.
+        sample: ``() -> batch``.
+        num_batches: batches averaged into the Hessian.
+        mixed_batches: batches averaged into the mixed product; ``None`` means ``num_batches``.
+        curvature: how ``H_S u`` is computed.
+    """
+
+    solver: LinearSolver
+    loss: BatchLoss
+    sample: Sampler
+    num_batches: int = 1
+    mixed_batches: int | None = None
+    curvature: Curvature = DoubleBackward()
+
+    def __post_init__(self) -> None:
+        if not callable(self.loss):
+            raise ValueError(f"stochastic loss must be callable, got {self.loss!r}")
+        if not callable(self.sample):
+            raise ValueError(f"stochastic sample must be callable, got {self.sample!r}")
+        _checks.int_at_least("stochastic num_batches", self.num_batches, 1)
+        if self.mixed_batches is not None:
+            _checks.int_at_least("stochastic mixed_batches", self.mixed_batches, 1)
+
+    @property
+    def name(self) -> str:
+        return "stochastic"
+
+    def __call__(
+        self,
+        inner: InnerLoss,
+        w: Params,
+        lam: Params,
+        v: Params,
+        context: HopContext = NO_CONTEXT,
+    ) -> HopResult:
+        check_inputs(w, lam, v)
+        n_mixed = self.num_batches if self.mixed_batches is None else self.mixed_batches
+        hess_loss = averaged(self.loss, [self.sample() for _ in range(self.num_batches)])
+        mixed_loss = averaged(self.loss, [self.sample() for _ in range(n_mixed)])
+        matvec = self.curvature.matvec(Linearization(hess_loss, w, lam))
+        sol = self.solver(matvec, _tree.detach(v), context.warm_start)
+        out = _tree.neg(Linearization(mixed_loss, w, lam).mixed_vjp(sol.x))
+        return HopResult(out, HopInfo(self.name, sol.iterations, sol.residual, solution=sol.x))

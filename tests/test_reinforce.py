@@ -1,0 +1,141 @@
+"""REINFORCE (Williams 1992): unbiased against closed-form expected gradients; baselines cut
+variance."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import pytest
+import torch
+
+from ziggurat.hypergradient import ConstantBaseline, LeaveOneOut, NoBaseline, reinforce
+
+D = torch.float64
+C = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=D)
+THETA = torch.tensor([0.3, -0.7, 1.2, 0.0], dtype=D)
+OFFSET = 5.0  # a large constant reward: harmless in expectation, ruinous for variance
+
+
+def bernoulli_sample(lam, n, gen):
+    p = torch.sigmoid(lam["logits"])
+    return (torch.rand(n, p.numel(), generator=gen, dtype=D) < p).to(D)
+
+
+def bernoulli_log_prob(z, lam):
+    logits = lam["logits"]
+    return (z * torch.nn.functional.logsigmoid(logits)).sum(1) + (
+        (1 - z) * torch.nn.functional.logsigmoid(-logits)
+    ).sum(1)
+
+
+def bernoulli_reward(z):
+    return OFFSET + z @ C + z[:, 0] * z[:, 1]
+
+
+def bernoulli_truth(theta):
+    """E[R] = OFFSET + c^T p + p_0 p_1, so
+    dE/dtheta_i = (c_i + [i=0] p_1 + [i=1] p_0) p_i (1 - p_i)."""
+    p = torch.sigmoid(theta)
+    slope = C.clone()
+    slope[0] += p[1]
+    slope[1] += p[0]
+    return slope * p * (1 - p)
+
+
+def gaussian_sample(lam, n, gen):
+    return lam["mu"] + lam["log_sigma"].exp() * torch.randn(n, generator=gen, dtype=D)
+
+
+def gaussian_log_prob(z, lam):
+    return torch.distributions.Normal(lam["mu"], lam["log_sigma"].exp()).log_prob(z)
+
+
+def estimates(method, log_prob, sample, reward, lam, seeds: int) -> torch.Tensor:
+    rows = []
+    for seed in range(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        grad = method(log_prob, sample, reward, lam, gen).grad
+        rows.append(torch.cat([t.reshape(-1) for t in grad.values()]))
+    return torch.stack(rows)
+
+
+def within_confidence(est: torch.Tensor, truth: torch.Tensor, level: float = 0.99) -> bool:
+    """Each coordinate's mean within its two-sided confidence interval, Bonferroni-corrected so
+    that all coordinates hold jointly at ``level`` for an unbiased estimator."""
+    z = NormalDist().inv_cdf(1 - (1 - level) / (2 * truth.numel()))
+    se = est.std(0) / est.shape[0] ** 0.5
+    return bool(((est.mean(0) - truth).abs() <= z * se).all())
+
+
+@pytest.mark.parametrize("baseline", [NoBaseline(), LeaveOneOut(), ConstantBaseline(OFFSET)])
+def test_bernoulli_unbiased_at_99_percent(baseline) -> None:
+    """600 independent estimates of 8 draws each (seeds 0..599); the mean of every coordinate
+    lies within a joint 99% confidence interval (normal approximation, Bonferroni over the four
+    coordinates) around the closed-form gradient."""
+    est = estimates(
+        reinforce(8, baseline=baseline),
+        bernoulli_log_prob,
+        bernoulli_sample,
+        bernoulli_reward,
+        {"logits": THETA},
+        600,
+    )
+    assert within_confidence(est, bernoulli_truth(THETA))
+
+
+def test_gaussian_unbiased_at_99_percent() -> None:
+    """z ~ N(mu, sigma^2), R = (z - 1)^2: E[R] = (mu - 1)^2 + sigma^2, so the gradient in
+    (mu, log sigma) is (2 (mu - 1), 2 sigma^2). Joint 99% interval as above, 600 estimates."""
+    lam = {"mu": torch.tensor(0.4, dtype=D), "log_sigma": torch.tensor(-0.3, dtype=D)}
+    est = estimates(
+        reinforce(8), gaussian_log_prob, gaussian_sample, lambda z: (z - 1) ** 2, lam, 600
+    )
+    sigma2 = float(lam["log_sigma"].exp() ** 2)
+    truth = torch.tensor([2 * (0.4 - 1.0), 2 * sigma2], dtype=D)
+    assert within_confidence(est, truth)
+
+
+def test_the_confidence_check_detects_a_biased_baseline() -> None:
+    """A baseline that includes the draw's own reward shrinks the estimator by (n-1)/n: with
+    n = 2 it halves the gradient, and the same 99% check must reject it."""
+    est = estimates(
+        reinforce(2, baseline=lambda r: r.mean().expand_as(r)),
+        bernoulli_log_prob,
+        bernoulli_sample,
+        bernoulli_reward,
+        {"logits": THETA},
+        600,
+    )
+    assert not within_confidence(est, bernoulli_truth(THETA))
+
+
+def test_baselines_reduce_variance() -> None:
+    """Total variance over 300 seeds, each baseline below a quarter of the plain estimator's
+    (measured: 5.0 plain, 0.35 leave-one-out, 0.57 constant)."""
+    lam = {"logits": THETA}
+    args = (bernoulli_log_prob, bernoulli_sample, bernoulli_reward, lam, 300)
+    plain = estimates(reinforce(8, baseline=NoBaseline()), *args).var(0).sum()
+    loo = estimates(reinforce(8, baseline=LeaveOneOut()), *args).var(0).sum()
+    const = estimates(reinforce(8, baseline=ConstantBaseline(OFFSET)), *args).var(0).sum()
+    assert loo < 0.25 * plain
+    assert const < 0.25 * plain
+
+
+def test_value_is_the_mean_reward_and_shapes_are_checked() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lam = {"logits": THETA}
+    result = reinforce(4)(bernoulli_log_prob, bernoulli_sample, bernoulli_reward, lam, gen)
+    assert result.value == pytest.approx(float(bernoulli_reward(result.samples).mean()))
+    with pytest.raises(ValueError, match=r"reward must return one value per draw.*got \(4, 4\)"):
+        reinforce(4)(bernoulli_log_prob, bernoulli_sample, lambda z: z, lam, gen)
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError, match="reinforce num_samples must be an integer >= 2, got 1"):
+        reinforce(1)
+    with pytest.raises(ValueError, match="reinforce num_samples must be an integer >= 1, got 0"):
+        reinforce(0, baseline=NoBaseline())
+    with pytest.raises(ValueError, match="constant baseline value must be finite, got nan"):
+        ConstantBaseline(float("nan"))
+    with pytest.raises(ValueError, match="reinforce baseline must be callable"):
+        reinforce(4, baseline=3.0)  # type: ignore[arg-type]

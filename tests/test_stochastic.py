@@ -1,0 +1,86 @@
+"""Stochastic hypergradients (Grazzi et al., AISTATS 2021) on per-feature L2 logistic regression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ziggurat.analytic import LogisticHPO
+from ziggurat.hypergradient import PRESETS, exact, random_batches, stochastic
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    problem = LogisticHPO.breast_cancer()
+    w, lam, v = problem.point()
+    return problem, w, lam, v, exact()(problem.inner, w, lam, v).vjp["lam"]
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def mean_error(logistic, num_batches: int, seeds: range) -> float:
+    problem, w, lam, v, ref = logistic
+    errors = []
+    for seed in seeds:
+        sampler = random_batches(problem.X, problem.y, batch_size=32, seed=seed)
+        method = stochastic(problem.batch_loss, sampler, num_batches=num_batches)
+        errors.append(rel(method(problem.inner, w, lam, v).vjp["lam"], ref))
+    return sum(errors) / len(errors)
+
+
+def test_newton_point_is_stationary(logistic) -> None:
+    problem, w, lam, _, _ = logistic
+    w_ = {k: t.clone().requires_grad_(True) for k, t in w.items()}
+    grads = torch.autograd.grad(problem.inner(w_, lam), list(w_.values()))
+    assert max(float(g.abs().max()) for g in grads) < 1e-12
+
+
+def test_error_shrinks_with_the_number_of_batches(logistic) -> None:
+    """Mean relative error over 5 fixed seeds, batches of 32 of the 200 training rows: 16
+    batches must beat 1 batch by a margin (measured: about 0.11 against 0.56)."""
+    one = mean_error(logistic, 1, range(5))
+    sixteen = mean_error(logistic, 16, range(5))
+    assert sixteen < 0.6 * one
+    assert sixteen < 0.25
+
+
+def test_full_batches_recover_the_exact_hypergradient(logistic) -> None:
+    problem, w, lam, v, ref = logistic
+    sampler = random_batches(problem.X, problem.y, batch_size=problem.X.shape[0], seed=0)
+    method = stochastic(problem.batch_loss, sampler, num_batches=2, mixed_batches=3)
+    assert rel(method(problem.inner, w, lam, v).vjp["lam"], ref) < 1e-9
+
+
+def test_solve_and_mixed_product_draw_independent_batches(logistic) -> None:
+    problem, w, lam, v, _ = logistic
+    drawn: list[int] = []
+    inner_sampler = random_batches(problem.X, problem.y, batch_size=16, seed=0)
+
+    def sampler():
+        drawn.append(1)
+        return inner_sampler()
+
+    stochastic(problem.batch_loss, sampler, num_batches=3, mixed_batches=5)(
+        problem.inner, w, lam, v
+    )
+    assert len(drawn) == 8
+
+
+def test_registered_and_options_validated() -> None:
+    assert PRESETS["stochastic"] is stochastic
+    loss = LogisticHPO.batch_loss
+    with pytest.raises(ValueError, match="stochastic num_batches must be an integer >= 1, got 0"):
+        stochastic(loss, lambda: None, num_batches=0)
+    with pytest.raises(ValueError, match=r"stochastic mixed_batches.*got -2"):
+        stochastic(loss, lambda: None, mixed_batches=-2)
+    with pytest.raises(ValueError, match="stochastic sample must be callable"):
+        stochastic(loss, None)  # type: ignore[arg-type]
+    X = torch.zeros(10, 3)
+    with pytest.raises(
+        ValueError, match="random_batches batch_size must be <= the 10 rows, got 11"
+    ):
+        random_batches(X, torch.zeros(10), batch_size=11)
+    with pytest.raises(ValueError, match=r"same number of rows, got \[10, 9\]"):
+        random_batches(X, torch.zeros(9), batch_size=2)
