@@ -274,3 +274,31 @@ def test_engine_reaches_problems_by_name_and_reports_unknown() -> None:
     assert engine.upper is up and low.upper is up
     with pytest.raises(AttributeError, match=r"known problems: \['lower', 'upper'\]"):
         _ = engine.middle
+
+
+def test_iterative_problem_rejects_a_scheduler_and_unsupported_optimizers() -> None:
+    from ziggurat.problems import IterativeProblem
+
+    class It(IterativeProblem):
+        def training_step(self, batch):
+            return self.forward(batch).pow(2).mean()
+
+    module = nn.Linear(2, 1)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    with_sched = It(
+        name="it",
+        module=module,
+        optimizer=opt,
+        train_data_loader=[torch.ones(1, 2)],
+        scheduler=torch.optim.lr_scheduler.StepLR(opt, 1),
+    )
+    with pytest.raises(ValueError, match=r"'it': IterativeProblem does not take a scheduler"):
+        Engine(problems=[with_sched])
+    rms = It(
+        name="it",
+        module=module,
+        optimizer=torch.optim.RMSprop(module.parameters()),
+        train_data_loader=[torch.ones(1, 2)],
+    )
+    with pytest.raises(TypeError, match=r"no differentiable twin for RMSprop"):
+        Engine(problems=[rms])

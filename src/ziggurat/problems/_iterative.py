@@ -87,6 +87,12 @@ class IterativeProblem(Problem):
 
     def initialize(self, engine: Engine) -> None:
         super().initialize(engine)
+        if self.scheduler is not None:
+            raise ValueError(
+                f"problem {self.name!r}: IterativeProblem does not take a scheduler (its "
+                "differentiable optimizer copies the torch optimizer's settings once); use an "
+                "ImplicitProblem, or change the learning rate between runs"
+            )
         assert self.optimizer is not None
         self._fopt = from_torch(self.optimizer)
         self._params = _tree.leaves(super().named_trainable_parameters())
