@@ -52,6 +52,11 @@ def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Param
     swapped = [(p, t) for p, t in values if not p.params_live_in_module]
     joint = _Joint({f"p{i}": _module(p) for i, (p, _) in enumerate(modular)})
     flat = {f"parts.p{i}.{k}": v for i, (_, t) in enumerate(modular) for k, v in t.items()}
+    # buffers (e.g. batch-norm running statistics) are copied, so that evaluating a pure loss
+    # leaves the live modules exactly as they were
+    for i, (p, _) in enumerate(modular):
+        for k, b in _module(p).named_buffers():
+            flat[f"parts.p{i}.{k}"] = b.clone()
     with _swapped(swapped):
         out: Tensor = torch.func.functional_call(joint, flat, (fn,), strict=False)
     return out
