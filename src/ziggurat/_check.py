@@ -36,7 +36,9 @@ def run_check(seed: int = 0) -> str:
     try:
         ridge = RidgeHPO.diabetes()
     except ImportError:
-        blocks.append("(b) ridge HPO skipped: install scikit-learn (pip install 'ziggurat[examples]')")
+        blocks.append(
+            "(b) ridge HPO skipped: install scikit-learn (pip install 'ziggurat[examples]')"
+        )
     else:
         w, lam, v = ridge.point()
         lmax = float(torch.linalg.eigvalsh(ridge.hessian(lam)).max())
