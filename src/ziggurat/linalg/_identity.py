@@ -23,7 +23,9 @@ class Identity:
         _checks.positive("identity scale", self.scale)
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
-        return SolveResult(x=_tree.scale(b, self.scale), iterations=0, residual=math.nan)
+        # scale 1 (DARTS) returns b's leaves as they are: no pass over the tree
+        x = dict(b) if self.scale == 1.0 else _tree.scale(b, self.scale)
+        return SolveResult(x=x, iterations=0, residual=math.nan)
 
 
 def identity(scale: float = 1.0) -> Identity:

@@ -16,7 +16,18 @@ def from_torch(optimizer: torch.optim.Optimizer) -> FunctionalOptimizer:
     groups disagree on a hyperparameter (one functional optimizer holds one set).
     """
     groups = optimizer.param_groups
-    keys = ("lr", "momentum", "betas", "eps", "weight_decay", "dampening", "nesterov", "amsgrad")
+    keys = (
+        "lr",
+        "momentum",
+        "betas",
+        "eps",
+        "weight_decay",
+        "dampening",
+        "nesterov",
+        "amsgrad",
+        "maximize",
+        "decoupled_weight_decay",
+    )
     first = groups[0]
     for g in groups[1:]:
         for key in keys:
@@ -27,7 +38,11 @@ def from_torch(optimizer: torch.optim.Optimizer) -> FunctionalOptimizer:
                 )
     lr = float(first["lr"])
     maximize = bool(first.get("maximize", False))
-    if isinstance(optimizer, torch.optim.AdamW):
+    # torch >= 2.6 spells AdamW also as Adam(decoupled_weight_decay=True)
+    decoupled = bool(first.get("decoupled_weight_decay", False))
+    if isinstance(optimizer, torch.optim.AdamW) or (
+        isinstance(optimizer, torch.optim.Adam) and decoupled
+    ):
         return adamw(
             lr,
             betas=first["betas"],

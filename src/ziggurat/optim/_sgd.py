@@ -26,7 +26,10 @@ class SGD:
         _checks.non_negative("sgd momentum", self.momentum)
         _checks.non_negative("sgd weight_decay", self.weight_decay)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("sgd nesterov=True needs momentum > 0 and dampening = 0")
+            raise ValueError(
+                "sgd nesterov=True needs momentum > 0 and dampening = 0, got "
+                f"momentum={self.momentum!r}, dampening={self.dampening!r}"
+            )
 
     def init(self, params: Params) -> OptState:
         return OptState(0, {})
