@@ -315,13 +315,24 @@ def test_hypergradient_evaluations_leave_batch_norm_statistics_untouched() -> No
 
     low_mod = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     up_mod = nn.Linear(2, 1)
-    low = BNLower(name="lower", module=low_mod, train_data_loader=[torch.randn(4, 2)],
-                  optimizer=torch.optim.SGD(low_mod.parameters(), lr=0.0),
-                  config=Config(type="cg", cg_iterations=3))
-    up = BNUpper(name="upper", module=up_mod, train_data_loader=[torch.randn(4, 2)],
-                 optimizer=torch.optim.SGD(up_mod.parameters(), lr=0.0))
-    Engine(problems=[up, low], dependencies={"u2l": {up: [low]}, "l2u": {low: [up]}},
-           config=EngineConfig(train_iters=1)).run()
+    low = BNLower(
+        name="lower",
+        module=low_mod,
+        train_data_loader=[torch.randn(4, 2)],
+        optimizer=torch.optim.SGD(low_mod.parameters(), lr=0.0),
+        config=Config(type="cg", cg_iterations=3),
+    )
+    up = BNUpper(
+        name="upper",
+        module=up_mod,
+        train_data_loader=[torch.randn(4, 2)],
+        optimizer=torch.optim.SGD(up_mod.parameters(), lr=0.0),
+    )
+    Engine(
+        problems=[up, low],
+        dependencies={"u2l": {up: [low]}, "l2u": {low: [up]}},
+        config=EngineConfig(train_iters=1),
+    ).run()
     # one lower step and one upper step read the lower module in train mode: two updates;
     # the hypergradient's pure-loss evaluations must not add more
     assert int(low_mod[1].num_batches_tracked) == 2
