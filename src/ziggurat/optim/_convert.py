@@ -40,19 +40,9 @@ def from_torch(optimizer: torch.optim.Optimizer) -> FunctionalOptimizer:
     maximize = bool(first.get("maximize", False))
     # torch >= 2.6 spells AdamW also as Adam(decoupled_weight_decay=True)
     decoupled = bool(first.get("decoupled_weight_decay", False))
-    if isinstance(optimizer, torch.optim.AdamW) or (
-        isinstance(optimizer, torch.optim.Adam) and decoupled
-    ):
-        return adamw(
-            lr,
-            betas=first["betas"],
-            eps=first["eps"],
-            weight_decay=first["weight_decay"],
-            amsgrad=first["amsgrad"],
-            maximize=maximize,
-        )
-    if isinstance(optimizer, torch.optim.Adam):
-        return adam(
+    if isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
+        build = adamw if decoupled or isinstance(optimizer, torch.optim.AdamW) else adam
+        return build(
             lr,
             betas=first["betas"],
             eps=first["eps"],
