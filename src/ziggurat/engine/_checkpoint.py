@@ -107,7 +107,7 @@ def problem_state(problem: Problem) -> dict[str, Any]:
         "module": problem.module.state_dict(),
         "optimizer": problem.optimizer.state_dict(),
         "scheduler": None if problem.scheduler is None else problem.scheduler.state_dict(),
-        "scaler": None,
+        "scaler": None if problem.scaler is None else problem.scaler.state_dict(),
         "count": problem._count,
         "global_step": problem._global_step,
         "ready": dict(problem.ready),
@@ -133,6 +133,8 @@ def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
     problem.optimizer.load_state_dict(state["optimizer"])
     if problem.scheduler is not None:
         problem.scheduler.load_state_dict(state["scheduler"])
+    if problem.scaler is not None and state["scaler"] is not None:
+        problem.scaler.load_state_dict(state["scaler"])
     problem._count = int(state["count"])
     problem._global_step = int(state["global_step"])
     problem.ready = dict(state["ready"])
