@@ -19,6 +19,8 @@ class EngineConfig:
 
     ``train_iters`` counts steps of the lowest problems (global steps). ``valid_step`` is the
     period of ``Engine.validation()`` in global steps; ``0`` or a negative value disables it.
+    ``plateau_metric`` is the validation-dict key fed to ``ReduceLROnPlateau`` schedulers after
+    each validation (default: ``early_stopping_metric``).
     Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
     """
 
@@ -34,6 +36,7 @@ class EngineConfig:
     early_stopping_mode: str = "min"
     early_stopping_tolerance: int = 5
     early_stopping_metric: str = "loss"
+    plateau_metric: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_step: int = 0
     resume: bool = False

@@ -10,6 +10,7 @@ import torch
 
 from ..configs import EngineConfig
 from ..problems import Problem
+from . import _checkpoint, _run
 from ._graph import Graph, parse
 
 log = logging.getLogger("ziggurat")
@@ -48,6 +49,7 @@ class Engine:
         self.global_step = 0
         self.validation_history: list[dict[str, float]] = []
         self.stopped_early = False
+        self._run = _run.RunServices(self)
         self._by_name = {p.name: p for p in self.problems}
         self.graph: Graph = parse([p.name for p in self.problems], dependencies)
         for name in self._by_name:
@@ -105,14 +107,29 @@ class Engine:
     def run(self) -> dict[str, float] | None:
         """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
         self.train()
+        if self.config.resume:
+            self._run.resume()
+        _run.check_plateau_schedulers(self)
         last = None
-        while self.global_step < self.config.train_iters:
-            self.train_step()
-            if self._validation_due():
-                last = self.do_validation()
-                if self.stopped_early:
-                    break
+        with self._run.session():
+            while self.global_step < self.config.train_iters and not self.stopped_early:
+                self.train_step()
+                if self._validation_due():
+                    last = self.do_validation()
+                self._run.after_step()
         return last
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str) -> None:
+        """Write a checkpoint of the whole program to ``path`` atomically."""
+        _checkpoint.write_atomic(_checkpoint.engine_state(self), path)
+
+    def load(self, path: str) -> None:
+        """Restore a checkpoint written by :meth:`save`; rejected before any change if it is
+        damaged or of a different program."""
+        state = _checkpoint.read_checkpoint(path)
+        _checkpoint.check_compatible(self, state, path)
+        _checkpoint.load_engine_state(self, state)
 
     def train_step(self) -> None:
         """One iteration: step every lowest problem (uppers follow when their turn comes)."""
@@ -141,6 +158,7 @@ class Engine:
         values = {k: _to_float(v) for k, v in stats.items()}
         self.validation_history.append(values)
         self.log_metrics("validation", values, self.global_step)
+        _run.step_plateau_schedulers(self, values)
         self._check_early_stopping(values)
         return values
 
@@ -175,8 +193,14 @@ class Engine:
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, source: str, values: Mapping[str, float], step: int) -> None:
+        """A console line through the ``ziggurat`` logger, and the scalars to the backend."""
         text = " || ".join(f"{k}: {v:.6g}" for k, v in values.items())
         log.info("[%s] [global step %d] %s", source, step, text)
+        self._run.logger().log(source, values, step)
+
+    def log_hypergradient(self, problem: Problem) -> None:
+        """Per upper step: each hop's method, solver iterations, residual; the norm."""
+        self._run.log_hypergradient(problem)
 
 
 def _to_float(value: Any) -> float:

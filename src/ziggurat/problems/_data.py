@@ -39,12 +39,13 @@ class CyclingLoader:
         self.epoch = 0
         self.position = 0  # batches served in the current epoch
         self._it: Iterator[Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None  # RNG states when this epoch's iter began
 
     def next(self) -> tuple[Any, bool]:
         """The next batch, and whether a new epoch began to serve it (after the first)."""
         wrapped = False
         if self._it is None:
-            self._it = iter(self.loader)
+            self._it = self._start_epoch()
         try:
             batch = next(self._it)
         except StopIteration:
@@ -57,7 +58,7 @@ class CyclingLoader:
             self.position = 0
             wrapped = True
             self._set_epoch()
-            self._it = iter(self.loader)
+            self._it = self._start_epoch()
             batch = self._next_after_wrap()
         self.position += 1
         return batch, wrapped
@@ -79,3 +80,46 @@ class CyclingLoader:
             if callable(set_epoch):
                 set_epoch(self.epoch)
                 return
+
+    # ------------------------------------------------------------------ resumable position
+    def _generators(self) -> list[torch.Generator]:
+        found: list[torch.Generator] = []
+        for obj in (self.loader, getattr(self.loader, "sampler", None)):
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+        return found
+
+    def _start_epoch(self) -> Iterator[Any]:
+        # a shuffling DataLoader draws its permutation from these states on the first next()
+        self._epoch_rng = {
+            "torch": torch.get_rng_state(),
+            "generators": [g.get_state() for g in self._generators()],
+        }
+        return iter(self.loader)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, position and the RNG states the current epoch's order was drawn from."""
+        return {"epoch": self.epoch, "position": self.position, "rng": self._epoch_rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` left off: replay the epoch's RNG, skip ``position`` batches.
+
+        Changes the global torch RNG state; the caller restores it afterwards.
+        """
+        self.epoch, self.position, self._it = int(state["epoch"]), 0, None
+        rng = state["rng"]
+        if rng is None:
+            return
+        if self.epoch > 0:
+            self._set_epoch()
+        torch.set_rng_state(rng["torch"])
+        gens = self._generators()
+        if len(gens) != len(rng["generators"]):
+            raise ValueError(f"problem {self.owner!r}: the data loader's generators changed")
+        for gen, saved in zip(gens, rng["generators"], strict=True):
+            gen.set_state(saved)
+        self._it = self._start_epoch()
+        for _ in range(int(state["position"])):
+            next(self._it)
+        self.position = int(state["position"])

@@ -69,3 +69,15 @@ def pure_loss(lower: Problem, upper: Problem, batch: Any) -> InnerLoss:
         return substituted_call(lambda: lower.loss_of(batch), [(lower, w), (upper, lam)])
 
     return inner
+
+
+def pure_mean_loss(lower: Problem, upper: Problem, batches: list[Any]) -> InnerLoss:
+    """``f(w, lam)``: the mean of ``lower``'s loss over ``batches`` (an accumulation window)."""
+    if len(batches) == 1:
+        return pure_loss(lower, upper, batches[0])
+    parts = [pure_loss(lower, upper, b) for b in batches]
+
+    def inner(w: Params, lam: Params) -> Tensor:
+        return torch.stack([f(w, lam) for f in parts]).mean()
+
+    return inner

@@ -8,6 +8,7 @@ gradient already differentiates through their recorded trajectory.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from .. import _tree
 from .._types import Params
 from ..hypergradient import Hop, fold
-from ._functional import pure_loss
+from ._functional import pure_mean_loss
 
 if TYPE_CHECKING:
     from ._problem import Problem
@@ -56,7 +57,7 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         lower, upper = path[j], path[j + 1]
         method = lower.hop_method()
         key = (problem.name, index, j)
-        inner = pure_loss(lower, upper, lower.cur_batch)
+        inner = pure_mean_loss(lower, upper, lower.hop_batches())
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
         hops.append(Hop(method, inner, w, lam, lower.hop_context(method, key)))
         keys.append(key)
@@ -69,13 +70,16 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
     direct, cotangents = _direct(problem, loss, firsts)
     total = _tree.detach(direct)
     problem.last_hop_info = []
+    hyper: Params | None = None
     for index, path in enumerate(problem.paths):
         if path[1].name not in cotangents:
             continue  # unrolled lower: the direct gradient went through its trajectory
         hops, keys = _hops(problem, index, path)
         contribution, infos = fold(hops, cotangents[path[1].name])
         total = _tree.add(total, contribution)
+        hyper = contribution if hyper is None else _tree.add(hyper, contribution)
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
             lower.remember_hop(key, hop.method, info)
         problem.last_hop_info.extend(infos)
+    problem.last_hypergradient_norm = float(_tree.norm(hyper)) if hyper is not None else math.nan
     return total

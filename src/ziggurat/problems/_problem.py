@@ -24,6 +24,7 @@ from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from ._data import CyclingLoader, to_device
 from ._hypergrad import HopKey, total_gradient
+from ._schedulers import steps_per_update
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -31,7 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("ziggurat")
 
 
-_RESERVED = frozenset(dir(object)) | {"engine", "module", "optimizer", "scheduler", "config"}
+_RESERVED = frozenset(dir(object)) | {
+    "engine",
+    "module",
+    "optimizer",
+    "scheduler",
+    "config",
+    "scaler",
+}
 
 
 class Problem:
@@ -102,6 +110,10 @@ class Problem:
         self._warm_starts: dict[HopKey, Params] = {}
         self._cache: dict[str, Any] | None = None
         self._last_grads: Params | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.last_hypergradient_norm: float = math.nan
+        self._window: list[Any] = []  # batches of the current accumulation window
+        self._window_closed = True
 
     # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any) -> Tensor | dict[str, Any]:
@@ -249,6 +261,7 @@ class Problem:
             self.train_data_loader = self.configure_train_data_loader()
         self._setup_loaders()
         self._check_precision()
+        self.scaler = self._make_scaler()
 
     def _setup_loaders(self) -> None:
         loaders = self.train_data_loader
@@ -266,6 +279,16 @@ class Problem:
                 f"problem {self._name!r}: precision='fp16' needs a CUDA device (GradScaler); "
                 f"this problem runs on {self.device.type}. Use precision='bf16' or 'fp32'"
             )
+
+    def _make_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 (CUDA only): a GradScaler scales the loss and unscales before the update."""
+        if self._config.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(
+            "cuda",
+            init_scale=self._config.initial_dynamic_scale,
+            growth_factor=self._config.scale_factor,
+        )
 
     # ------------------------------------------------------------------ data and loss
     def get_batch(self) -> Any:
@@ -298,7 +321,8 @@ class Problem:
             out = self.training_step(batch)
         loss, metrics = self._split_output(out)
         self.last_metrics = metrics
-        return loss
+        # a reduced-precision loss is widened so gradients, cotangents and solves stay fp32
+        return loss.float() if loss.dtype in (torch.bfloat16, torch.float16) else loss
 
     def _split_output(self, out: Any) -> tuple[Tensor, dict[str, float]]:
         metrics: dict[str, float] = {}
@@ -352,6 +376,8 @@ class Problem:
         self.one_step_descent()
         if self._training:
             self._maybe_log()
+            if self.last_hop_info and self.engine is not None:
+                self.engine.log_hypergradient(self)
             self._notify_parents()
         self.ready = dict.fromkeys(self.ready, False)
 
@@ -397,13 +423,28 @@ class Problem:
     def one_step_descent(self, batch: Any = None, fresh: bool = False) -> None:
         """Batch, loss, gradients (with hypergradients), and an update at accumulation ends."""
         self.cur_batch = self.get_batch() if batch is None else batch
+        if self._window_closed:
+            self._window = []
+        self._window.append(self.cur_batch)
         loss = self.loss_of(self.cur_batch)
         self._check_finite(loss)
         self.last_loss = float(loss.detach())
-        grads = self.gradients(loss / self._config.gradient_accumulation)
+        scaled = loss / self._config.gradient_accumulation
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        grads = self.gradients(scaled)
         boundary = fresh or self._count % self._config.gradient_accumulation == 0
         # with roll-back the scheduler steps once, after the redone step (as in Betty)
+        self._window_closed = boundary
         self._apply_gradients(grads, boundary, step_scheduler=fresh or not self._rolls_back())
+
+    def hop_batches(self) -> list[Any]:
+        """The batches of the last accumulation window: the lower loss of a hop is their mean.
+
+        With ``gradient_accumulation=k`` the update averages ``k`` micro-batch gradients, so the
+        best response the upper differentiates is that of the mean loss over the ``k`` batches.
+        """
+        return self._window if self._window else [self.cur_batch]
 
     def gradients(self, loss: Tensor) -> Params:
         """Direct gradient of ``loss`` plus, over every path, the folded hypergradient."""
@@ -432,16 +473,22 @@ class Problem:
         self.grad_callback()
         if not boundary:
             return
+        assert self.optimizer is not None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
         self._last_grads = {
             k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None
         }
-        self.custom_optimizer_step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the unscaled gradients are not finite
+            self.scaler.update()
+        else:
+            self.custom_optimizer_step()
         self.param_callback()
-        assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None and step_scheduler:
+        if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
             self.scheduler.step()
 
     # ------------------------------------------------------------------ logging

@@ -1,0 +1,272 @@
+"""Checkpoints of a whole program, exact enough that a resumed run is bit-identical.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain containers, so it loads
+with ``torch.load(..., weights_only=True)``. It holds, per problem: module, optimizer and
+scheduler state, the step counters (``count``, ``ready``, ``inner_loop_start``), partially
+accumulated gradients, the data loaders' positions with the RNG states each epoch's order was
+drawn from, hypergradient warm starts, and for unrolled levels their parameters and optimizer
+state; and for the run: the engine's global step, validation history, configs (as dicts) and the
+torch, CUDA, NumPy and Python RNG states.
+
+Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
+``os.replace`` onto the final name. A file that is truncated, corrupt or from a different program
+is rejected with ``ValueError`` before any state is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .. import _tree
+from ..optim import OptState
+from ..problems import IterativeProblem, Problem
+from ..problems._data import to_device
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+FORMAT = "ziggurat-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+# ---------------------------------------------------------------------- paths
+def checkpoint_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"step-{step:09d}.pt")
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """The complete checkpoint with the highest step in ``directory`` (temp files ignored)."""
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(m.group(1)) for f in os.listdir(directory) if (m := _NAME.match(f))]
+    return checkpoint_path(directory, max(steps)) if steps else None
+
+
+# ---------------------------------------------------------------------- RNG
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            str(kind),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            pos,
+            has_gauss,
+            cached,
+        ],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------------- problems
+def _grads(problem: Problem) -> dict[str, torch.Tensor]:
+    return {
+        k: p.grad.detach().clone()
+        for k, p in problem.named_trainable_parameters().items()
+        if p.grad is not None
+    }
+
+
+def _iterative_state(problem: IterativeProblem) -> dict[str, Any]:
+    opt = problem._opt_state
+    assert opt is not None
+    pending = problem._pending
+    return {
+        "params": _tree.detach(problem.params),
+        "opt_step": opt.step,
+        "opt_buffers": {n: _tree.detach(t) for n, t in opt.buffers.items()},
+        "pending": None if pending is None else _tree.detach(pending),
+    }
+
+
+def problem_state(problem: Problem) -> dict[str, Any]:
+    assert problem.module is not None and problem.optimizer is not None
+    iterative = isinstance(problem, IterativeProblem)
+    return {
+        "kind": type(problem).__name__,
+        "module": problem.module.state_dict(),
+        "optimizer": problem.optimizer.state_dict(),
+        "scheduler": None if problem.scheduler is None else problem.scheduler.state_dict(),
+        "scaler": None if problem.scaler is None else problem.scaler.state_dict(),
+        "count": problem._count,
+        "global_step": problem._global_step,
+        "ready": dict(problem.ready),
+        "inner_loop_start": problem._inner_loop_start,
+        "window": [] if problem._window_closed else list(problem._window),
+        "grads": {} if iterative else _grads(problem),
+        "last_grads": problem._last_grads,
+        "cache": None if iterative else problem._cache,
+        "warm_starts": [[list(k), v] for k, v in problem._warm_starts.items()],
+        "loaders": [ld.state_dict() for ld in problem._loaders],
+        "config": problem.config.to_dict(),
+        "iterative": _iterative_state(problem) if isinstance(problem, IterativeProblem) else None,
+    }
+
+
+def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
+    assert problem.module is not None and problem.optimizer is not None
+    state = {
+        k: v if k in ("module", "optimizer") else to_device(v, problem.device)
+        for k, v in state.items()
+    }
+    problem.module.load_state_dict(state["module"])
+    problem.optimizer.load_state_dict(state["optimizer"])
+    if problem.scheduler is not None:
+        problem.scheduler.load_state_dict(state["scheduler"])
+    if problem.scaler is not None and state["scaler"] is not None:
+        problem.scaler.load_state_dict(state["scaler"])
+    problem._count = int(state["count"])
+    problem._global_step = int(state["global_step"])
+    problem.ready = dict(state["ready"])
+    problem._inner_loop_start = bool(state["inner_loop_start"])
+    problem._window = list(state["window"])
+    problem._window_closed = not state["window"]
+    problem._last_grads = state["last_grads"]
+    problem._cache = state["cache"]
+    problem._warm_starts = {(k[0], int(k[1]), int(k[2])): v for k, v in state["warm_starts"]}
+    params = problem.named_trainable_parameters()
+    for k, p in params.items():
+        p.grad = state["grads"][k].clone() if k in state["grads"] else None
+    if isinstance(problem, IterativeProblem):
+        it = state["iterative"]
+        problem._params = _tree.leaves(it["params"])
+        problem._opt_state = OptState(int(it["opt_step"]), it["opt_buffers"])
+        problem._pending = it["pending"]
+        problem._sync_module()
+
+
+# ---------------------------------------------------------------------- engine
+def engine_state(engine: Engine) -> dict[str, Any]:
+    """Everything needed to continue ``engine`` exactly, as tensors and plain containers."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "engine": {
+            "global_step": engine.global_step,
+            "validation_history": [dict(v) for v in engine.validation_history],
+            "stopped_early": engine.stopped_early,
+            "config": engine.config.to_dict(),
+        },
+        "rng": _rng_state(),
+        "problems": {p.name: problem_state(p) for p in engine.problems},
+    }
+
+
+def _shapes(tree: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tree.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_problem(path: str, problem: Problem, state: dict[str, Any]) -> None:
+    assert problem.module is not None and problem.optimizer is not None
+    where = f"checkpoint {path!r}, problem {problem.name!r}"
+    if state["kind"] != type(problem).__name__:
+        raise ValueError(f"{where}: saved as {state['kind']}, now {type(problem).__name__}")
+    saved, live = _shapes(state["module"]), _shapes(problem.module.state_dict())
+    if saved != live:
+        diff = sorted(k for k in saved.keys() | live.keys() if saved.get(k) != live.get(k))
+        raise ValueError(f"{where}: parameter names or shapes differ ({diff[:5]})")
+    groups = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+    if groups != [len(g["params"]) for g in problem.optimizer.param_groups]:
+        raise ValueError(f"{where}: optimizer parameter groups differ")
+    if (state["scheduler"] is None) != (problem.scheduler is None):
+        raise ValueError(f"{where}: a scheduler is present in one and not the other")
+    if len(state["loaders"]) != len(problem._loaders):
+        raise ValueError(f"{where}: number of data loaders differs")
+
+
+def check_compatible(engine: Engine, state: Any, path: str) -> None:
+    """Raise ``ValueError`` unless ``state`` is a checkpoint of this program."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a ziggurat checkpoint")
+    if state.get("version") != VERSION:
+        raise ValueError(
+            f"checkpoint {path!r} has format version {state.get('version')}, "
+            f"this ziggurat reads version {VERSION}"
+        )
+    saved, live = sorted(state["problems"]), sorted(engine.problem_names())
+    if saved != live:
+        raise ValueError(
+            f"checkpoint {path!r} is of a different program: problems {saved}, "
+            f"this engine has {live}"
+        )
+    for problem in engine.problems:
+        _check_problem(path, problem, state["problems"][problem.name])
+
+
+def load_engine_state(engine: Engine, state: dict[str, Any]) -> None:
+    """Restore ``state`` (already checked) into ``engine``; the RNG states come last."""
+    run = state["engine"]
+    engine.global_step = int(run["global_step"])
+    engine.validation_history = [dict(v) for v in run["validation_history"]]
+    engine.stopped_early = bool(run["stopped_early"])
+    for problem in engine.problems:
+        saved = state["problems"][problem.name]
+        _load_problem(problem, saved)
+        for loader, loader_state in zip(problem._loaders, saved["loaders"], strict=True):
+            loader.load_state_dict(loader_state)
+    _set_rng_state(state["rng"])
+
+
+# ---------------------------------------------------------------------- files
+def write_atomic(state: dict[str, Any], path: str) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then rename onto ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``; a damaged file is a ``ValueError``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"checkpoint {path!r} is truncated or corrupt and cannot be loaded ({error})"
+        ) from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} is not a ziggurat checkpoint")
+    return state

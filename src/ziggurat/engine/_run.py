@@ -1,0 +1,123 @@
+"""Services around the engine's loop: metric logging, the progress bar, periodic checkpoints,
+resuming, and metric-driven schedulers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..logging import MetricLogger, Progress, make_logger
+from ..problems import Problem
+from ..problems._schedulers import steps_on_metric
+from . import _checkpoint
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger("ziggurat")
+
+
+class RunServices:
+    """Owned by one engine; created empty, the backends open on first use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._logger: MetricLogger | None = None
+        self._progress: Progress | None = None
+        self.run_name = engine.config.run_name or time.strftime("%Y%m%d-%H%M%S")
+
+    def logger(self) -> MetricLogger:
+        if self._logger is None:
+            cfg = self.engine.config
+            self._logger = make_logger(cfg.logger_type, cfg.log_dir, self.run_name, cfg.to_dict())
+        return self._logger
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Open the logger and progress bar for one ``Engine.run``; close both afterwards."""
+        cfg = self.engine.config
+        self.logger()
+        if cfg.progress:
+            self._progress = Progress(cfg.train_iters, self.engine.global_step)
+        try:
+            yield
+        finally:
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
+            if self._logger is not None:
+                self._logger.close()
+                self._logger = None
+
+    def after_step(self) -> None:
+        engine = self.engine
+        if self._progress is not None:
+            self._progress.update({p.name: p.last_loss for p in engine.problems})
+        every, directory = engine.config.checkpoint_step, engine.config.checkpoint_dir
+        if directory and every > 0 and engine.global_step % every == 0:
+            engine.save(_checkpoint.checkpoint_path(directory, engine.global_step))
+
+    def resume(self) -> None:
+        """Continue from the latest checkpoint in ``checkpoint_dir``, if there is one."""
+        directory = self.engine.config.checkpoint_dir
+        if not directory:
+            raise ValueError("EngineConfig resume=True needs checkpoint_dir")
+        path = _checkpoint.latest_checkpoint(directory)
+        if path is None:
+            log.info("resume: no checkpoint in %s; starting from scratch", directory)
+            return
+        self.engine.load(path)
+        log.info("resumed from %s at global step %d", path, self.engine.global_step)
+
+    def log_hypergradient(self, problem: Problem) -> None:
+        values: dict[str, float] = {"norm": problem.last_hypergradient_norm}
+        methods = []
+        for i, info in enumerate(problem.last_hop_info):
+            values[f"hop{i}_iterations"] = float(info.iterations)
+            if not math.isnan(info.residual):
+                values[f"hop{i}_residual"] = float(info.residual)
+            methods.append(info.method)
+        step = problem.count if problem.config.log_local_step else self.engine.global_step
+        every = problem.config.log_step
+        if every > 0 and problem.count % every == 0:
+            log.info(
+                "[%s/hypergradient] [global step %d] methods: %s || %s",
+                problem.name,
+                step,
+                ",".join(methods),
+                values,
+            )
+        self.logger().log(f"{problem.name}/hypergradient", values, step)
+
+
+def check_plateau_schedulers(engine: Engine) -> None:
+    """``ReduceLROnPlateau`` steps on validation metrics, so validation must run."""
+    plateau = [p.name for p in engine.problems if steps_on_metric(p.scheduler)]
+    if plateau and engine.config.valid_step <= 0:
+        raise ValueError(
+            f"problems {plateau} use ReduceLROnPlateau, which steps on a validation metric, "
+            "but EngineConfig valid_step disables validation; set valid_step > 0"
+        )
+
+
+def plateau_metric(engine: Engine) -> str:
+    return engine.config.plateau_metric or engine.config.early_stopping_metric
+
+
+def step_plateau_schedulers(engine: Engine, values: dict[str, float]) -> None:
+    """Step every ``ReduceLROnPlateau`` with the configured validation metric."""
+    plateau = [p for p in engine.problems if steps_on_metric(p.scheduler)]
+    if not plateau:
+        return
+    metric = plateau_metric(engine)
+    if metric not in values:
+        raise KeyError(
+            f"ReduceLROnPlateau metric {metric!r} is not in the validation dict (keys "
+            f"{sorted(values)}); return it from validation() or set EngineConfig plateau_metric"
+        )
+    for problem in plateau:
+        problem.scheduler.step(values[metric])

@@ -1,0 +1,141 @@
+"""Metric loggers: one ``log(source, values, step)`` signature, one class per backend.
+
+Every backend also writes a line to the ``ziggurat`` Python logger (the console), so
+``logger_type`` only chooses where scalars are *additionally* recorded. Scalars are tagged
+``<source>/<key>``, where ``source`` is a problem name, ``validation`` or
+``<problem>/hypergradient``. Optional backends are imported lazily; a missing package is an
+``ImportError`` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("ziggurat")
+
+_EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+class MetricLogger:
+    """Console-only logger (``logger_type="none"`` or ``"console"``); the base of the others."""
+
+    def log(self, source: str, values: Mapping[str, float], step: int) -> None:
+        """Record scalars of ``source`` at ``step``. Default: nothing beyond the console."""
+
+    def close(self) -> None:
+        """Flush and release the backend. Default: nothing."""
+
+
+def _missing(backend: str, error: ImportError) -> ImportError:
+    return ImportError(
+        f"EngineConfig logger_type={backend!r} needs the {backend} package; install it with "
+        f"`pip install 'ziggurat[{_EXTRAS[backend]}]'` ({error})"
+    )
+
+
+def _tags(source: str, values: Mapping[str, float]) -> dict[str, float]:
+    return {f"{source}/{k}": float(v) for k, v in values.items()}
+
+
+class TensorBoardLogger(MetricLogger):
+    """Scalars to TensorBoard event files in ``log_dir/run_name``."""
+
+    def __init__(self, directory: str) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise _missing("tensorboard", error) from error
+        self.writer = SummaryWriter(log_dir=directory)
+
+    def log(self, source: str, values: Mapping[str, float], step: int) -> None:
+        for tag, value in _tags(source, values).items():
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger(MetricLogger):
+    """Scalars to a Weights & Biases run (``WANDB_MODE=offline`` works without a network)."""
+
+    def __init__(self, directory: str, run_name: str, config: Mapping[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as error:
+            raise _missing("wandb", error) from error
+        os.makedirs(directory, exist_ok=True)
+        self.run = wandb.init(
+            project="ziggurat", name=run_name, dir=directory, config=dict(config), reinit=True
+        )
+        self.run.define_metric("*", step_metric="global_step")
+
+    def log(self, source: str, values: Mapping[str, float], step: int) -> None:
+        self.run.log({**_tags(source, values), "global_step": step})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowLogger(MetricLogger):
+    """Scalars to an MLflow run; the default tracking URI is ``sqlite:///<log_dir>/mlflow.db``."""
+
+    def __init__(self, directory: str, run_name: str, config: Mapping[str, Any]) -> None:
+        try:
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
+        except ImportError as error:
+            raise _missing("mlflow", error) from error
+        os.makedirs(directory, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (
+            "sqlite:///" + os.path.abspath(os.path.join(directory, "mlflow.db"))
+        )
+        self._metric = Metric
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name("ziggurat")
+        experiment = found.experiment_id if found else self.client.create_experiment("ziggurat")
+        self.run_id = self.client.create_run(experiment, run_name=run_name).info.run_id
+        params = [Param(k, str(v)[:500]) for k, v in config.items()]
+        self.client.log_batch(self.run_id, params=params)
+
+    def log(self, source: str, values: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [self._metric(k, v, now, step) for k, v in _tags(source, values).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _console() -> None:
+    """Show ``ziggurat`` INFO lines on stderr unless the application configured logging."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(message)s"))
+        log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def make_logger(
+    logger_type: str, log_dir: str, run_name: str, config: Mapping[str, Any]
+) -> MetricLogger:
+    """The logger for ``EngineConfig.logger_type``; ``config`` is recorded where supported."""
+    if logger_type == "console":
+        _console()
+    if logger_type in ("none", "console"):
+        return MetricLogger()
+    directory = os.path.join(log_dir, run_name)
+    if logger_type == "tensorboard":
+        return TensorBoardLogger(directory)
+    if logger_type == "wandb":
+        return WandbLogger(directory, run_name, config)
+    if logger_type == "mlflow":
+        return MlflowLogger(log_dir, run_name, config)
+    raise ValueError(
+        f"unknown logger_type {logger_type!r}; use none, console, tensorboard, wandb or mlflow"
+    )
