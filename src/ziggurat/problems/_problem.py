@@ -432,6 +432,8 @@ class Problem:
         self.grad_callback()
         if not boundary:
             return
+        if self.engine is not None:  # one average over data-parallel ranks per update
+            self.engine.distributed.average_grads(params.values())
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
         self._last_grads = {
@@ -441,6 +443,8 @@ class Problem:
         self.param_callback()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is not None:
+            self.engine.distributed.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler:
             self.scheduler.step()
 
