@@ -218,7 +218,7 @@ def _group_options(group: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
 
 
-def _zero_class() -> type[torch.optim.Optimizer]:
+def _zero_class() -> Any:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     class ConsolidatingZero(ZeroRedundancyOptimizer):

@@ -83,5 +83,5 @@ def data_parallel(method: Method, average: Average) -> DataParallel:
     """
     curvature = getattr(method, "curvature", None)
     if dataclasses.is_dataclass(method) and curvature is not None:
-        method = dataclasses.replace(method, curvature=AveragedCurvature(curvature, average))  # type: ignore[type-var]
+        method = dataclasses.replace(method, curvature=AveragedCurvature(curvature, average))
     return DataParallel(method, average)

@@ -443,7 +443,7 @@ class Problem:
         self.param_callback()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        if self.engine is not None:
+        if self.engine is not None and self.module is not None:
             self.engine.distributed.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler:
             self.scheduler.step()
