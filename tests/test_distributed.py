@@ -80,6 +80,11 @@ def test_fsdp_rejects_second_order_methods_before_sharding(kind: str) -> None:
     assert not dist.is_initialized()
 
 
+def test_fsdp_first_order_levels_are_not_sharded_yet() -> None:
+    with pytest.raises(ValueError, match="not implemented yet"):
+        _second_order_program("fsdp", Config(type="darts"))
+
+
 def test_distributed_rejects_unrolled_levels() -> None:
     class Low(IterativeProblem):
         def training_step(self, batch):

@@ -177,6 +177,12 @@ def check_strategy(strategy: str, problems: Sequence[Problem], lowers: set[str])
                 "method on this level (Config(type='darts'), 'sama' or 'first_order'), or "
                 "strategy='ddp'"
             )
+    raise ValueError(
+        "strategy='fsdp': sharding first-order levels with FSDP2 (fully_shard) is not "
+        "implemented yet (pure losses substitute parameters with torch.func.functional_call, "
+        "which FSDP2's unsharding hooks would override). Use strategy='ddp', or 'zero' to "
+        "shard optimizer state"
+    )
 
 
 def prepare_problems(group: SingleProcess, problems: Sequence[Problem]) -> None:
