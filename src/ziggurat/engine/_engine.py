@@ -11,6 +11,7 @@ import torch
 from ..configs import EngineConfig
 from ..problems import Problem
 from . import _checkpoint, _run
+from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
 from ._graph import Graph, parse
 
 log = logging.getLogger("ziggurat")
@@ -57,7 +58,12 @@ class Engine:
                 raise ValueError(
                     f"problem name {name!r} clashes with an Engine attribute; rename it"
                 )
-        self.device = self._pick_device()
+        lowers = {n for n, ups in self.graph.uppers.items() if ups}
+        check_strategy(self.config.strategy, self.problems, lowers)
+        self.distributed: SingleProcess = make_group(
+            self.config.strategy, self.config.backend, self._pick_device()
+        )
+        self.device = self.distributed.device
         self.initialize()
 
     # ------------------------------------------------------------------ setup
@@ -84,6 +90,7 @@ class Engine:
         self.leaves = [self._by_name[n] for n in self.graph.leaves]
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
+        prepare_problems(self.distributed, self.problems)
 
     # ------------------------------------------------------------------ names
     def problem_by_name(self, name: str) -> Problem | None:
@@ -146,6 +153,12 @@ class Engine:
         return None
 
     def do_validation(self) -> dict[str, float] | None:
+        """Validate on the main rank; every rank learns its early-stopping decision."""
+        values = self._validate() if self.distributed.is_main else None
+        self.stopped_early = self.distributed.broadcast_flag(self.stopped_early)
+        return values
+
+    def _validate(self) -> dict[str, float] | None:
         self.eval()
         try:
             stats = self.validation()

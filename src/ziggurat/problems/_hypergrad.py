@@ -57,9 +57,12 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         lower, upper = path[j], path[j + 1]
         method = lower.hop_method()
         key = (problem.name, index, j)
+        context = lower.hop_context(method, key)
+        if problem.engine is not None:  # data-parallel ranks: global-batch products
+            method = problem.engine.distributed.wrap_method(method)
         inner = pure_mean_loss(lower, upper, lower.hop_batches())
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
-        hops.append(Hop(method, inner, w, lam, lower.hop_context(method, key)))
+        hops.append(Hop(method, inner, w, lam, context))
         keys.append(key)
     return hops, keys
 

@@ -474,6 +474,8 @@ class Problem:
         if not boundary:
             return
         assert self.optimizer is not None
+        if self.engine is not None:  # one average over data-parallel ranks per update
+            self.engine.distributed.average_grads(params.values())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
@@ -488,6 +490,8 @@ class Problem:
             self.custom_optimizer_step()
         self.param_callback()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is not None and self.module is not None:
+            self.engine.distributed.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
             self.scheduler.step()
 

@@ -1,0 +1,243 @@
+"""How the engine runs on one process or on a ``torch.distributed`` group.
+
+Two strategy objects with one interface: :class:`SingleProcess` (every operation is the
+identity) and :class:`DataParallelGroup` (ranks hold identical parameters and shards of each
+global batch; gradient trees are averaged once per update). The engine calls them
+unconditionally, so the single-process path has no distributed branches.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .._types import Params
+from ..hypergradient import FirstOrder, Implicit, Method, MixedFiniteDifference, Sama
+from ..hypergradient._data_parallel import data_parallel
+from ..linalg._identity import Identity
+from ..problems import Problem
+
+DISTRIBUTED_STRATEGIES = ("ddp", "zero", "fsdp")
+
+
+class SingleProcess:
+    """One process: nothing to synchronise."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+    strategy = "single"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.comm_seconds = 0.0
+
+    def average(self, tree: Params) -> Params:
+        return tree
+
+    def average_grads(self, params: Iterable[Tensor]) -> None:
+        """Average ``.grad`` over ranks (no-op)."""
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers to every rank (no-op)."""
+
+    def wrap_method(self, method: Method) -> Method:
+        return method
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        return flag
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (no-op)."""
+
+
+class DataParallelGroup(SingleProcess):
+    """Data parallelism over the default process group.
+
+    Initialises the group when it is not yet (``init_method="env://"``, as set by ``torchrun``),
+    with ``backend`` or, by default, ``nccl`` when CUDA is available and ``gloo`` otherwise. The
+    device is ``cuda:LOCAL_RANK`` with CUDA and the CPU without. ``comm_seconds`` accumulates
+    the wall time spent in the all-reduces of gradient trees (for benchmarks).
+    """
+
+    def __init__(self, strategy: str, backend: str | None) -> None:
+        cuda = torch.cuda.is_available()
+        if not dist.is_available():
+            raise ValueError(f"strategy={strategy!r} needs torch.distributed, which is unavailable")
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"))
+        self.strategy = strategy
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.is_main = self.rank == 0
+        local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        uses_cuda = dist.get_backend() == "nccl" or (cuda and backend != "gloo")
+        if uses_cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        super().__init__(device)
+
+    def average(self, tree: Params) -> Params:
+        """The mean of ``tree`` over ranks, in one flat all-reduce."""
+        if not tree:
+            return tree
+        start = time.perf_counter()
+        values = list(tree.values())
+        flat = torch.cat([t.detach().reshape(-1) for t in values])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        out = {}
+        offset = 0
+        for k, t in tree.items():
+            out[k] = flat[offset : offset + t.numel()].view_as(t)
+            offset += t.numel()
+        self.comm_seconds += time.perf_counter() - start
+        return out
+
+    def average_grads(self, params: Iterable[Tensor]) -> None:
+        with_grad = {str(i): p for i, p in enumerate(params) if p.grad is not None}
+        averaged = self.average({k: p.grad for k, p in with_grad.items()})  # type: ignore[misc]
+        for k, p in with_grad.items():
+            p.grad = averaged[k].clone()
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        for b in module.buffers():
+            dist.broadcast(b.data, src=0)
+
+    def wrap_method(self, method: Method) -> Method:
+        return data_parallel(method, self.average)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        value = torch.tensor([1 if flag else 0], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+
+def make_group(strategy: str, backend: str | None, device: torch.device) -> SingleProcess:
+    """The strategy object for ``EngineConfig(strategy=..., backend=...)``."""
+    if strategy in DISTRIBUTED_STRATEGIES:
+        return DataParallelGroup(strategy, backend)
+    return SingleProcess(device)
+
+
+def first_order_only(method: Method) -> bool:
+    """Whether ``method`` needs only gradients (no second-order autograd).
+
+    DARTS (identity solver, finite-difference mixed product), SAMA and first-order qualify;
+    every solver that takes Hessian-vector products, and double-backward mixed products, do not.
+    """
+    if isinstance(method, (FirstOrder, Sama)):
+        return True
+    return (
+        isinstance(method, Implicit)
+        and isinstance(method.solver, Identity)
+        and isinstance(method.mixed, MixedFiniteDifference)
+    )
+
+
+def check_strategy(strategy: str, problems: Sequence[Problem], lowers: set[str]) -> None:
+    """Reject, before any process group exists, programs a distributed strategy cannot run.
+
+    ``lowers`` names the problems that are the lower level of some hop (they have upper levels).
+    """
+    if strategy not in DISTRIBUTED_STRATEGIES:
+        return
+    for p in problems:
+        if not p.params_live_in_module:
+            raise ValueError(
+                f"problem {p.name!r} is an IterativeProblem (unrolled differentiation), which "
+                f"strategy={strategy!r} does not support: its trajectory depends non-linearly on "
+                "each rank's shard. Make it an ImplicitProblem, or run on one process"
+            )
+    if strategy != "fsdp":
+        return
+    for p in problems:
+        if p.name not in lowers:
+            continue
+        method = p.config.method()
+        if not first_order_only(method):
+            raise ValueError(
+                f"problem {p.name!r} uses the second-order hypergradient method "
+                f"{method.name!r}, but strategy='fsdp' shards its parameters with FSDP2 "
+                "(fully_shard) and second-order autograd (Hessian-vector and double-backward "
+                "mixed products) does not pass through sharded parameters. Use a first-order "
+                "method on this level (Config(type='darts'), 'sama' or 'first_order'), or "
+                "strategy='ddp'"
+            )
+    raise ValueError(
+        "strategy='fsdp': sharding first-order levels with FSDP2 (fully_shard) is not "
+        "implemented yet (pure losses substitute parameters with torch.func.functional_call, "
+        "which FSDP2's unsharding hooks would override). Use strategy='ddp', or 'zero' to "
+        "shard optimizer state"
+    )
+
+
+def prepare_problems(group: SingleProcess, problems: Sequence[Problem]) -> None:
+    """Make every rank start from rank 0's parameters; wrap optimizers for ZeRO."""
+    for p in problems:
+        assert p.module is not None
+        group.broadcast_module(p.module)
+        if group.strategy == "zero":
+            wrap_zero(p)
+
+
+def wrap_zero(problem: Problem) -> None:
+    """Replace the problem's optimizer by a ZeRO-1 optimizer of the same class and options.
+
+    Each rank keeps the optimizer state of its share of the parameters only
+    (``ZeroRedundancyOptimizer``). Parameter groups and their options are kept; existing
+    optimizer state is not (wrap before training). A scheduler is re-pointed at the new
+    optimizer, whose ``param_groups`` it then edits as usual.
+    """
+    opt = problem.optimizer
+    assert opt is not None
+    # imported here: importing torch.distributed.optim emits deprecation warnings
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if isinstance(opt, ZeroRedundancyOptimizer):
+        return
+    groups = [dict(g) for g in opt.param_groups]
+    zero = _zero_class()(
+        groups[0]["params"], optimizer_class=type(opt), **_group_options(groups[0])
+    )
+    for g in groups[1:]:
+        zero.add_param_group(g)
+    if problem.scheduler is not None and hasattr(problem.scheduler, "optimizer"):
+        problem.scheduler.optimizer = zero
+    problem.optimizer = zero
+
+
+def _group_options(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+
+
+def _zero_class() -> Any:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    class ConsolidatingZero(ZeroRedundancyOptimizer):
+        """ZeRO whose ``state_dict`` is the consolidated (full) state on rank 0.
+
+        Every rank must call ``state_dict()`` (a collective); rank 0 receives the full state,
+        the others an empty dict. ``load_state_dict`` takes the full state on every rank.
+        """
+
+        def state_dict(self) -> dict[str, Any]:
+            self.consolidate_state_dict(to=0)
+            if dist.get_rank() != 0:
+                return {}
+            return super().state_dict()
+
+    return ConsolidatingZero
