@@ -336,3 +336,39 @@ def test_hypergradient_evaluations_leave_batch_norm_statistics_untouched() -> No
     # one lower step and one upper step read the lower module in train mode: two updates;
     # the hypergradient's pure-loss evaluations must not add more
     assert int(low_mod[1].num_batches_tracked) == 2
+
+
+def test_env_reaches_problems_and_drives_batches_from_train_step() -> None:
+    from ziggurat.envs import Env
+
+    class Tasks(Env):
+        def initialize(self):
+            self.task = 0.0
+
+        def step(self):
+            self.task += 1.0
+
+    class Learner(ImplicitProblem):
+        def get_batch(self):
+            return torch.full((2, 1), self.env.task)
+
+        def training_step(self, batch):
+            return (self.module(batch) - 2 * batch).pow(2).mean()
+
+    class TaskEngine(Engine):
+        def train_step(self):
+            self.env.step()
+            super().train_step()
+
+    module = nn.Linear(1, 1)
+    learner = Learner(
+        name="learner",
+        module=module,
+        config=Config(),
+        optimizer=torch.optim.SGD(module.parameters(), lr=0.0),
+    )
+    env = Tasks()
+    engine = TaskEngine(problems=[learner], env=env, config=EngineConfig(train_iters=3))
+    assert env.learner is learner and env.device == engine.device and learner.env is env
+    engine.run()
+    assert env.task == 3.0 and float(learner.cur_batch[0, 0]) == 3.0

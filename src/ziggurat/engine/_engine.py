@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..configs import EngineConfig
+from ..envs import Env
 from ..problems import Problem
 from . import _checkpoint, _run
 from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
@@ -91,6 +92,10 @@ class Engine:
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
         prepare_problems(self.distributed, self.problems)
+        if isinstance(self.env, Env):
+            self.env.engine = self
+            self.env.configure_device(self.device)
+            self.env.initialize()
 
     # ------------------------------------------------------------------ names
     def problem_by_name(self, name: str) -> Problem | None:
