@@ -10,6 +10,7 @@ single weight decay from a grid search on the same validation split.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,10 @@ def _data(seed: int) -> tuple[tuple[Tensor, Tensor], ...]:
 
 
 def _method(name: str) -> Method:
-    options = {"cg": {"maxiter": 20}, "neumann": {"iterations": 20, "alpha": 0.5}}
+    options: dict[str, dict[str, Any]] = {
+        "cg": {"maxiter": 20},
+        "neumann": {"iterations": 20, "alpha": 0.5},
+    }
     return from_name(name, **options.get(name, {}))
 
 
@@ -94,7 +98,7 @@ class Classifier(ImplicitProblem):
 
     def training_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
-        assert self.module is not None
+        assert isinstance(self.module, nn.Linear)
         loss = F.cross_entropy(self.module(x), y)
         return loss + _penalty(self.module.weight, self.decay())
 

@@ -69,7 +69,7 @@ def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def _data(
     images: Images, imbalance: float | None, seed: int
-) -> tuple[tuple[Tensor, ...], tuple[Tensor, Tensor], tuple[Tensor, Tensor], np.ndarray]:
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor], np.ndarray]:
     """Train (x, y, flag), a class-balanced clean meta set and a test set.
 
     ``flag`` marks the samples of interest: flipped labels, or the rarer half of classes.
@@ -77,9 +77,7 @@ def _data(
     rng = np.random.default_rng(seed)
     classes = images.classes
     pool = rng.permutation(len(images.y))
-    meta = np.concatenate(
-        [pool[images.y[pool] == c][:META_PER_CLASS] for c in range(classes)]
-    )
+    meta = np.concatenate([pool[images.y[pool] == c][:META_PER_CLASS] for c in range(classes)])
     rest = np.setdiff1d(pool, meta)
     if imbalance is None:
         train = rng.choice(rest, min(TRAIN_SIZE, len(rest)), replace=False)
