@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ziggurat.examples import hpo, load, reweight
+from ziggurat.examples import hpo, load, maml, reweight
 from ziggurat.examples.data import digits, read_idx, symmetric_noise
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -44,6 +44,18 @@ def test_meta_weight_net_beats_plain_training_under_label_noise() -> None:
     result = reweight.run(steps=400, progress=False, images=digits(0))
     assert result.row("clean test accuracy").gain > 0.02, str(result)
     assert result.extra["weight_marked"] < result.extra["weight_other"] - 0.1
+
+
+def test_maml_beats_random_init_and_joint_pretraining() -> None:
+    result = maml.run(steps=300, progress=False)
+    assert result.row("meta-test MSE vs random init").gain > 0.5, str(result)
+    assert result.row("meta-test MSE vs joint pretraining").gain > 0.3, str(result)
+
+
+@pytest.mark.slow
+def test_imaml_beats_random_init() -> None:
+    result = maml.run(steps=300, method="imaml", progress=False)
+    assert result.row("meta-test MSE vs random init").gain > 0.1, str(result)
 
 
 def test_unknown_example_is_a_value_error() -> None:
