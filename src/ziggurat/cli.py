@@ -21,6 +21,87 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from . import examples
+
+    if args.name not in examples.EXAMPLES:
+        raise CliError(
+            f"unknown example {args.name!r}; choose one of {', '.join(examples.EXAMPLES)}"
+        )
+    module = examples.load(args.name)
+    if args.method is not None and args.method not in module.METHODS:
+        raise CliError(
+            f"example {args.name!r} has no method {args.method!r}; choose one of "
+            f"{', '.join(module.METHODS)}"
+        )
+    if args.imbalance is not None and args.name != "reweight":
+        raise CliError("--imbalance applies only to the reweight example")
+    options: dict[str, object] = {
+        "steps": args.steps if args.steps is not None else module.DEFAULT_STEPS,
+        "method": args.method if args.method is not None else module.METHODS[0],
+        "seed": args.seed,
+        "progress": not args.quiet,
+    }
+    if args.imbalance is not None:
+        options["imbalance"] = args.imbalance
+    try:
+        result = module.run(**options)
+    except ValueError as err:  # option values the example itself rejects
+        raise CliError(str(err)) from None
+    print(result)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .examples import DEFAULT, EXAMPLES
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a worked example on offline data and print its results table",
+        description="Run one worked example (default: reweight) with a progress bar and "
+        "print its results table: the metric, the baseline, the multilevel program and the "
+        f"gain. Examples: {', '.join(EXAMPLES)}.",
+    )
+    demo.add_argument(
+        "name",
+        nargs="?",
+        default=DEFAULT,
+        metavar="NAME",
+        help=f"one of {', '.join(EXAMPLES)} (default: {DEFAULT})",
+    )
+    demo.add_argument("--steps", type=_positive_int, help="training steps (default: the example's)")
+    demo.add_argument("--method", help="hypergradient method (default: the example's first)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--imbalance",
+        type=_ratio,
+        metavar="RATIO",
+        help="reweight only: long-tailed classes at RATIO:1 instead of label noise",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ziggurat", description="Multilevel optimization for PyTorch."
@@ -34,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--seed", type=int, default=0, help="seed of the random problems")
     check.set_defaults(func=_check)
+    _add_demo(sub)
     return parser
 
 
