@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
+from ._fields import assign
 
 STRATEGIES = ("default", "cpu", "gpu", "ddp", "zero", "fsdp")
 STRATEGY_ALIASES = {"distributed": "ddp"}
@@ -47,14 +48,7 @@ class EngineConfig:
             distributed = kwargs.pop("distributed")
             if distributed:
                 kwargs.setdefault("strategy", "ddp")
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise TypeError(
-                f"EngineConfig got unknown option(s) {unknown}; valid options: {sorted(names)}"
-            )
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, kwargs.get(f.name, f.default))
+        assign(self, kwargs)
         self.strategy = STRATEGY_ALIASES.get(self.strategy, self.strategy)
         self.validate()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import _checks
 from ..hypergradient import Method, cg, darts, exact, first_order, neumann, sama
+from ._fields import assign
 
 METHOD_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -66,14 +67,7 @@ class Config:
         for old, (new, convert) in _LEGACY.items():
             if old in kwargs:
                 kwargs.setdefault(new, convert(kwargs.pop(old)))
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise TypeError(
-                f"Config got unknown option(s) {unknown}; valid options: {sorted(names)}"
-            )
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, kwargs.get(f.name, f.default))
+        assign(self, kwargs)
         self.validate()
 
     def validate(self) -> None:
