@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 
 class CliError(Exception):
@@ -72,7 +73,14 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
     from .examples import DEFAULT, EXAMPLES
 
     demo = sub.add_parser(
@@ -103,10 +111,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ziggurat", description="Multilevel optimization for PyTorch."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="ziggurat", description="Multilevel optimization for PyTorch.")
+    sub = parser.add_subparsers(parser_class=_Parser, dest="command", metavar="COMMAND")
     check = sub.add_parser(
         "check",
         help="measure every hypergradient method against exact answers",
