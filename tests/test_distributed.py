@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -151,3 +157,34 @@ def test_betty_alias_and_backend_default() -> None:
     assert EngineConfig(distributed=True).strategy == "ddp"
     assert EngineConfig(strategy="distributed").strategy == "ddp"
     assert EngineConfig(strategy="zero").backend is None
+
+
+@pytest.mark.distributed
+def test_torchrun_world_initialised_by_the_engine(tmp_path) -> None:
+    """``torchrun`` with two processes on the loopback interface; the Engine calls
+    ``init_process_group`` from the environment. Both ranks end equal, and equal to the
+    single-process run on the global batches."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = Path(__file__).parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(here / "torchrun_program.py"),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert_close(got[0], got[1], atol=0.0)
+    assert_close(got[0], run("darts"), atol=1e-10)
