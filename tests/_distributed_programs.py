@@ -40,8 +40,12 @@ def shards(seed: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.T
 
 
 class Lower(ImplicitProblem):
+    noise = 0.0  # a per-rank random target perturbation, for checkpoint tests of the RNG
+
     def training_step(self, batch: Any) -> torch.Tensor:
         x, y = batch
+        if self.noise:
+            y = y + self.noise * torch.randn_like(y)
         weight = torch.sigmoid(self.weights(x)).squeeze(-1)
         residual = self.module(x).squeeze(-1) - y
         return (weight * residual.pow(2)).mean() + 0.05 * self.module.weight.pow(2).sum()
@@ -68,17 +72,44 @@ def _linear(seed: int, n_in: int) -> nn.Linear:
     return nn.Linear(n_in, 1, bias=n_in > 1).to(D)
 
 
-def build(program: str, rank: int, world: int, strategy: str) -> Engine:
-    """``program``: ``darts``, ``cg`` (two levels) or ``three`` (cg below darts)."""
-    low_type = "darts" if program == "darts" else "cg"
+LOWER_CONFIGS = {
+    "darts": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "cg": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
+    "three": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
+    "accum": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2, gradient_accumulation=2),
+    "sama": Config(type="sama", unroll_steps=2),
+    "ckpt": Config(type="darts", darts_alpha=0.01, unroll_steps=2, gradient_accumulation=2),
+}
+
+
+def build(
+    program: str,
+    rank: int,
+    world: int,
+    strategy: str,
+    train_iters: int = 2 * STEPS,
+    **engine_options: Any,
+) -> Engine:
+    """``program``: a key of ``LOWER_CONFIGS``; ``three`` puts ``reg`` above ``weights``.
+
+    ``accum`` accumulates two micro-batches per lower update; ``sama`` preconditions with the
+    lower level's Adam state; ``ckpt`` accumulates and perturbs the lower targets with noise
+    drawn from each rank's RNG.
+    """
     low_mod, w_mod = _linear(1, DIM), _linear(2, DIM)
+    low_opt: torch.optim.Optimizer = (
+        torch.optim.Adam(low_mod.parameters(), lr=0.05)
+        if program == "sama"
+        else torch.optim.SGD(low_mod.parameters(), lr=0.1, momentum=0.5)
+    )
     lower = Lower(
         name="lower",
         module=low_mod,
-        optimizer=torch.optim.SGD(low_mod.parameters(), lr=0.1, momentum=0.5),
+        optimizer=low_opt,
         train_data_loader=shards(10, rank, world),
-        config=Config(type=low_type, darts_alpha=0.01, cg_iterations=DIM + 1, unroll_steps=2),
+        config=LOWER_CONFIGS[program],
     )
+    lower.noise = 0.05 if program == "ckpt" else 0.0
     weights = Weights(
         name="weights",
         module=w_mod,
@@ -101,7 +132,9 @@ def build(program: str, rank: int, world: int, strategy: str) -> Engine:
             "u2l": {reg: [weights, lower], weights: [lower]},
             "l2u": {lower: [weights], weights: [reg]},
         }
-    config = EngineConfig(train_iters=2 * STEPS, valid_step=0, strategy=strategy)
+    config = EngineConfig(
+        train_iters=train_iters, valid_step=0, strategy=strategy, **engine_options
+    )
     return Engine(problems=problems, config=config, dependencies=deps)
 
 
@@ -111,6 +144,17 @@ def parameters(engine: Engine) -> dict[str, torch.Tensor]:
         for p in engine.problems
         for k, t in p.module.state_dict().items()
     }
+
+
+def tensors(engine: Engine) -> dict[str, torch.Tensor]:
+    """Parameters, buffers and this rank's optimizer state (its shard under ZeRO), by name."""
+    out = parameters(engine)
+    for p in engine.problems:
+        local = getattr(p.optimizer, "optim", p.optimizer)  # ZeRO keeps its shard in .optim
+        for k, param in p.module.named_parameters():
+            for name, v in local.state.get(param, {}).items():
+                out[f"{p.name}.opt.{k}.{name}"] = torch.as_tensor(v).clone()
+    return out
 
 
 def run(program: str, rank: int = 0, world: int = 1, strategy: str = "default") -> dict:
@@ -132,3 +176,51 @@ def worker(rank: int, world: int, init_file: str, jobs: list[tuple[str, str]], o
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def checkpoint_worker(
+    rank: int, world: int, init_file: str, phase: str, steps: int, out: str
+) -> None:
+    """One rank of a checkpoint test (``ckpt`` program, ``steps`` iterations in all).
+
+    ``phase="first"``: for DDP and ZeRO, run ``steps`` iterations uninterrupted (tensors to
+    ``out/whole-{strategy}-rank{rank}.pt``) and, in new engines, ``steps // 2`` iterations
+    that checkpoint: DDP through ``checkpoint_dir``, ZeRO through ``Engine.save``.
+    ``phase="second"`` (a new world): new engines resume -- DDP with ``resume=True``, ZeRO with
+    ``Engine.load`` -- run to ``steps`` and save tensors to ``out/resumed-...``. Every rank
+    reseeds its RNG differently after building, so only per-rank RNG restoration is exact.
+    """
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for strategy in ("ddp", "zero"):
+            _checkpoint_phase(phase, strategy, rank, world, steps, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _checkpoint_phase(
+    phase: str, strategy: str, rank: int, world: int, steps: int, out: str
+) -> None:
+    ckpt_dir = os.path.join(out, f"ckpt-{strategy}")
+    periodic = {"checkpoint_dir": ckpt_dir} if strategy == "ddp" else {}
+    name = f"{strategy}-rank{rank}.pt"
+    if phase == "first":
+        whole = build("ckpt", rank, world, strategy, steps)
+        torch.manual_seed(1000 + rank)
+        whole.run()
+        torch.save(tensors(whole), os.path.join(out, f"whole-{name}"))
+        half = build(
+            "ckpt", rank, world, strategy, steps // 2, checkpoint_step=steps // 2, **periodic
+        )
+        torch.manual_seed(1000 + rank)
+        half.run()
+        if strategy == "zero":
+            half.save(os.path.join(ckpt_dir, "half.pt"))
+        return
+    resumed = build("ckpt", rank, world, strategy, steps, resume=strategy == "ddp", **periodic)
+    torch.manual_seed(2000 + rank)  # overwritten by the checkpoint's RNG state
+    if strategy == "zero":
+        resumed.load(os.path.join(ckpt_dir, "half.pt"))
+    resumed.run()
+    torch.save(tensors(resumed), os.path.join(out, f"resumed-{name}"))

@@ -8,6 +8,13 @@ drawn from, hypergradient warm starts, and for unrolled levels their parameters 
 state; and for the run: the engine's global step, validation history, configs (as dicts) and the
 torch, CUDA, NumPy and Python RNG states.
 
+Under data parallelism every rank computes the state (consolidating a ZeRO optimizer is a
+collective) and rank 0 writes it. What differs between ranks -- the RNG states, the data loaders'
+positions and epoch RNG, and a partly accumulated window's gradients and batches -- is gathered
+from every rank into ``ranks``; on loading, each rank restores its own entry, so a resumed run
+on the same world size is bit-identical on every rank. On another world size each rank restores
+rank 0's entry (and a warning says the continuation is not the same run).
+
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
 ``os.replace`` onto the final name. A file that is truncated, corrupt or from a different program
 is rejected with ``ValueError`` before any state is changed.
@@ -15,6 +22,7 @@ is rejected with ``ValueError`` before any state is changed.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -31,6 +39,8 @@ from ..problems._data import to_device
 
 if TYPE_CHECKING:
     from ._engine import Engine
+
+log = logging.getLogger("ziggurat")
 
 FORMAT = "ziggurat-checkpoint"
 VERSION = 1
@@ -99,6 +109,19 @@ def _iterative_state(problem: IterativeProblem) -> dict[str, Any]:
     }
 
 
+RANK_KEYS = ("loaders", "grads", "window")
+"""Per-problem entries that differ between data-parallel ranks."""
+
+
+def rank_value(problem: Problem, key: str) -> Any:
+    if key == "loaders":
+        return [ld.state_dict() for ld in problem._loaders]
+    if key == "grads":
+        return {} if isinstance(problem, IterativeProblem) else _grads(problem)
+    assert key == "window"
+    return [] if problem._window_closed else list(problem._window)
+
+
 def problem_state(problem: Problem) -> dict[str, Any]:
     assert problem.module is not None and problem.optimizer is not None
     iterative = isinstance(problem, IterativeProblem)
@@ -112,14 +135,12 @@ def problem_state(problem: Problem) -> dict[str, Any]:
         "global_step": problem._global_step,
         "ready": dict(problem.ready),
         "inner_loop_start": problem._inner_loop_start,
-        "window": [] if problem._window_closed else list(problem._window),
-        "grads": {} if iterative else _grads(problem),
         "last_grads": problem._last_grads,
         "cache": None if iterative else problem._cache,
         "warm_starts": [[list(k), v] for k, v in problem._warm_starts.items()],
-        "loaders": [ld.state_dict() for ld in problem._loaders],
         "config": problem.config.to_dict(),
         "iterative": _iterative_state(problem) if isinstance(problem, IterativeProblem) else None,
+        **{key: rank_value(problem, key) for key in RANK_KEYS},
     }
 
 
@@ -156,9 +177,25 @@ def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- engine
+def _rank_state(engine: Engine) -> dict[str, Any]:
+    """The part of the state that differs between data-parallel ranks (moved to the CPU)."""
+    local = {
+        "rng": _rng_state(),
+        "problems": {
+            p.name: {key: rank_value(p, key) for key in RANK_KEYS} for p in engine.problems
+        },
+    }
+    return to_device(local, "cpu")
+
+
 def engine_state(engine: Engine) -> dict[str, Any]:
-    """Everything needed to continue ``engine`` exactly, as tensors and plain containers."""
-    return {
+    """Everything needed to continue ``engine`` exactly, as tensors and plain containers.
+
+    A collective under data parallelism (call it on every rank); rank 0's result is complete,
+    with every rank's own RNG, loader and accumulation state under ``ranks``.
+    """
+    group = engine.distributed
+    state = {
         "format": FORMAT,
         "version": VERSION,
         "engine": {
@@ -170,6 +207,27 @@ def engine_state(engine: Engine) -> dict[str, Any]:
         "rng": _rng_state(),
         "problems": {p.name: problem_state(p) for p in engine.problems},
     }
+    if group.world_size > 1:
+        state["ranks"] = group.gather_object(_rank_state(engine))
+    return state
+
+
+def own_rank(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """``state`` with its per-rank entries replaced by those saved from ``rank``."""
+    ranks = state.get("ranks")
+    if not ranks:
+        return state
+    if len(ranks) != world_size:
+        log.warning(
+            "checkpoint saved on %d ranks, loaded on %d: every rank restores rank 0's RNG and "
+            "loader state, so the continuation differs from an uninterrupted run",
+            len(ranks),
+            world_size,
+        )
+        rank = 0
+    local = ranks[rank]
+    problems = {n: {**s, **local["problems"][n]} for n, s in state["problems"].items()}
+    return {**state, "rng": local["rng"], "problems": problems}
 
 
 def _shapes(tree: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -214,7 +272,12 @@ def check_compatible(engine: Engine, state: Any, path: str) -> None:
 
 
 def load_engine_state(engine: Engine, state: dict[str, Any]) -> None:
-    """Restore ``state`` (already checked) into ``engine``; the RNG states come last."""
+    """Restore ``state`` (already checked) into ``engine``; the RNG states come last.
+
+    Each data-parallel rank takes its own RNG, loader and accumulation state (see
+    :func:`own_rank`).
+    """
+    state = own_rank(state, engine.distributed.rank, engine.distributed.world_size)
     run = state["engine"]
     engine.global_step = int(run["global_step"])
     engine.validation_history = [dict(v) for v in run["validation_history"]]

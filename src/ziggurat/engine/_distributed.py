@@ -56,6 +56,21 @@ class SingleProcess:
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (no-op)."""
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (picklable), on every rank."""
+        return obj
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (picklable, on the CPU), in rank order on rank 0; else ``None``."""
+        return [obj]
+
+    def sum(self, tree: Params) -> Params:
+        """The sum of ``tree`` over ranks."""
+        return tree
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op)."""
+
 
 class DataParallelGroup(SingleProcess):
     """Data parallelism over the default process group.
@@ -90,15 +105,10 @@ class DataParallelGroup(SingleProcess):
         if not tree:
             return tree
         start = time.perf_counter()
-        values = list(tree.values())
-        flat = torch.cat([t.detach().reshape(-1) for t in values])
+        flat = _flat(tree)
         dist.all_reduce(flat)
         flat /= self.world_size
-        out = {}
-        offset = 0
-        for k, t in tree.items():
-            out[k] = flat[offset : offset + t.numel()].view_as(t)
-            offset += t.numel()
+        out = _unflat(flat, tree)
         self.comm_seconds += time.perf_counter() - start
         return out
 
@@ -124,6 +134,38 @@ class DataParallelGroup(SingleProcess):
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def sum(self, tree: Params) -> Params:
+        if not tree:
+            return tree
+        flat = _flat(tree)
+        dist.all_reduce(flat)
+        return _unflat(flat, tree)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def _flat(tree: Params) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tree.values()])
+
+
+def _unflat(flat: Tensor, like: Params) -> Params:
+    out, offset = {}, 0
+    for k, t in like.items():
+        out[k] = flat[offset : offset + t.numel()].view_as(t)
+        offset += t.numel()
+    return out
 
 
 def make_group(strategy: str, backend: str | None, device: torch.device) -> SingleProcess:
@@ -233,6 +275,11 @@ def _zero_class() -> Any:
         Every rank must call ``state_dict()`` (a collective); rank 0 receives the full state,
         the others an empty dict. ``load_state_dict`` takes the full state on every rank.
         """
+
+        @property
+        def local_optimizer(self) -> torch.optim.Optimizer:
+            """The optimizer of this rank's shard (its ``state`` holds only that shard)."""
+            return self.optim
 
         def state_dict(self) -> dict[str, Any]:
             self.consolidate_state_dict(to=0)

@@ -133,12 +133,33 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
-        """Write a checkpoint of the whole program to ``path`` atomically."""
-        _checkpoint.write_atomic(_checkpoint.engine_state(self), path)
+        """Write a checkpoint of the whole program to ``path`` atomically.
+
+        Under data parallelism, call it on every rank: each computes the state (consolidating
+        ZeRO optimizer state is a collective), rank 0 writes it, and every rank returns once
+        the file is complete (or raises if rank 0 could not write it).
+        """
+        state = _checkpoint.engine_state(self)
+        error: BaseException | None = None
+        if self.distributed.is_main:
+            try:
+                _checkpoint.write_atomic(state, path)
+            except BaseException as caught:  # re-raised once the other ranks know
+                error = caught
+        failed = self.distributed.broadcast_flag(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"rank 0 failed to write the checkpoint {path!r}")
 
     def load(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save`; rejected before any change if it is
-        damaged or of a different program."""
+        damaged or of a different program.
+
+        Under data parallelism, call it on every rank: each reads the file (after a barrier,
+        so that a checkpoint being saved is complete) and restores its own RNG and data state.
+        """
+        self.distributed.barrier()
         state = _checkpoint.read_checkpoint(path)
         _checkpoint.check_compatible(self, state, path)
         _checkpoint.load_engine_state(self, state)

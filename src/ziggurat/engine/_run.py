@@ -66,7 +66,8 @@ class RunServices:
         directory = self.engine.config.checkpoint_dir
         if not directory:
             raise ValueError("EngineConfig resume=True needs checkpoint_dir")
-        path = _checkpoint.latest_checkpoint(directory)
+        # rank 0 picks, so every rank loads the same file
+        path = self.engine.distributed.broadcast_object(_checkpoint.latest_checkpoint(directory))
         if path is None:
             log.info("resume: no checkpoint in %s; starting from scratch", directory)
             return

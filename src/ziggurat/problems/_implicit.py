@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._types import Params
@@ -23,29 +25,44 @@ class ImplicitProblem(Problem):
         return context
 
     def _adam_preconditioner(self) -> Params | None:
-        """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity)."""
+        """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity).
+
+        An optimizer that shards its state over data-parallel ranks (ZeRO) exposes the shard's
+        optimizer as ``local_optimizer``: each rank computes the diagonal of the parameters it
+        owns, zeros elsewhere, and a sum over ranks gives every rank the whole diagonal --
+        exactly the unsharded one. Learning rates come from the optimizer's own groups.
+        """
         opt = self.optimizer
-        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) or not self._last_grads:
+        local = getattr(opt, "local_optimizer", opt)
+        sharded = local is not opt
+        if not isinstance(local, (torch.optim.Adam, torch.optim.AdamW)) or not self._last_grads:
             return None
-        params = self.named_trainable_parameters()
-        exp_avg, exp_avg_sq, grads = {}, {}, {}
-        for k, p in params.items():
-            state = opt.state.get(p)
+        assert opt is not None
+        groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+        out: Params = {}
+        for k, p in self.named_trainable_parameters().items():
+            state = local.state.get(p)
+            if not state and sharded:  # owned by another rank
+                out[k] = torch.zeros_like(p)
+                continue
             if not state or k not in self._last_grads:
                 return None
-            exp_avg[k], exp_avg_sq[k], grads[k] = (
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                self._last_grads[k],
-            )
-        group = opt.param_groups[0]
-        step = int(opt.state[next(iter(params.values()))]["step"])
-        return adam_preconditioner(
-            exp_avg,
-            exp_avg_sq,
-            grads,
-            step=step,
-            lr=float(group["lr"]),
-            betas=tuple(group["betas"]),
-            eps=float(group["eps"]),
-        )
+            out.update(_adam_diagonal(k, state, self._last_grads[k], groups[id(p)]))
+        if sharded:
+            assert self.engine is not None
+            out = self.engine.distributed.sum(out)
+        return out
+
+
+def _adam_diagonal(
+    name: str, state: dict[str, Any], last_grad: torch.Tensor, group: dict[str, Any]
+) -> Params:
+    return adam_preconditioner(
+        {name: state["exp_avg"]},
+        {name: state["exp_avg_sq"]},
+        {name: last_grad},
+        step=int(state["step"]),
+        lr=float(group["lr"]),
+        betas=tuple(group["betas"]),
+        eps=float(group["eps"]),
+    )
