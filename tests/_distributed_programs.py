@@ -79,7 +79,15 @@ LOWER_CONFIGS = {
     "accum": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2, gradient_accumulation=2),
     "sama": Config(type="sama", unroll_steps=2),
     "ckpt": Config(type="darts", darts_alpha=0.01, unroll_steps=2, gradient_accumulation=2),
+    "plateau": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
 }
+
+
+class FlatValidation(Engine):
+    """A validation metric that never improves: ReduceLROnPlateau halves the rate each time."""
+
+    def validation(self) -> dict[str, float]:
+        return {"loss": 1.0}
 
 
 def build(
@@ -119,6 +127,13 @@ def build(
     )
     problems = [lower, weights]
     deps: dict[str, Any] = {"u2l": {weights: [lower]}, "l2u": {lower: [weights]}}
+    engine_class = Engine
+    if program == "plateau":  # validation on rank 0 must step the scheduler on every rank
+        weights.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            weights.optimizer, factor=0.5, patience=0
+        )
+        engine_options.setdefault("valid_step", 2)
+        engine_class = FlatValidation
     if program == "three":
         r_mod = _linear(3, 1)
         reg = Reg(
@@ -132,10 +147,9 @@ def build(
             "u2l": {reg: [weights, lower], weights: [lower]},
             "l2u": {lower: [weights], weights: [reg]},
         }
-    config = EngineConfig(
-        train_iters=train_iters, valid_step=0, strategy=strategy, **engine_options
-    )
-    return Engine(problems=problems, config=config, dependencies=deps)
+    engine_options.setdefault("valid_step", 0)
+    config = EngineConfig(train_iters=train_iters, strategy=strategy, **engine_options)
+    return engine_class(problems=problems, config=config, dependencies=deps)
 
 
 def parameters(engine: Engine) -> dict[str, torch.Tensor]:

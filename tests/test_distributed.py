@@ -29,6 +29,7 @@ JOBS = [
     ("accum", "ddp"),
     ("sama", "ddp"),
     ("sama", "zero"),
+    ("plateau", "ddp"),
 ]
 CHECKPOINT_STEPS = 10  # the save at step 5 falls inside the lower level's accumulation window
 

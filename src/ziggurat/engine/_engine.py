@@ -181,6 +181,10 @@ class Engine:
     def do_validation(self) -> dict[str, float] | None:
         """Validate on the main rank; every rank learns its early-stopping decision."""
         values = self._validate() if self.distributed.is_main else None
+        # every rank steps its plateau schedulers on rank 0's values, so learning rates agree
+        values = self.distributed.broadcast_object(values)
+        if values is not None:
+            _run.step_plateau_schedulers(self, values)
         self.stopped_early = self.distributed.broadcast_flag(self.stopped_early)
         return values
 
@@ -197,7 +201,6 @@ class Engine:
         values = {k: _to_float(v) for k, v in stats.items()}
         self.validation_history.append(values)
         self.log_metrics("validation", values, self.global_step)
-        _run.step_plateau_schedulers(self, values)
         self._check_early_stopping(values)
         return values
 
