@@ -80,6 +80,7 @@ LOWER_CONFIGS = {
     "sama": Config(type="sama", unroll_steps=2),
     "ckpt": Config(type="darts", darts_alpha=0.01, unroll_steps=2, gradient_accumulation=2),
     "plateau": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "rollback": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
 }
 
 
@@ -147,6 +148,8 @@ def build(
             "u2l": {reg: [weights, lower], weights: [lower]},
             "l2u": {lower: [weights], weights: [reg]},
         }
+    if program == "rollback":  # the lower level restores its (sharded) optimizer state
+        engine_options.setdefault("roll_back", True)
     engine_options.setdefault("valid_step", 0)
     config = EngineConfig(train_iters=train_iters, strategy=strategy, **engine_options)
     return engine_class(problems=problems, config=config, dependencies=deps)

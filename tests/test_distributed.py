@@ -30,6 +30,7 @@ JOBS = [
     ("sama", "ddp"),
     ("sama", "zero"),
     ("plateau", "ddp"),
+    ("rollback", "zero"),
 ]
 CHECKPOINT_STEPS = 10  # the save at step 5 falls inside the lower level's accumulation window
 

@@ -407,17 +407,24 @@ class Problem:
         self._cache = None
         self.one_step_descent(self.cur_batch, fresh=True)
 
+    def _own_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer holding this process's state (its shard under ZeRO)."""
+        assert self.optimizer is not None
+        local: torch.optim.Optimizer = getattr(self.optimizer, "local_optimizer", self.optimizer)
+        return local
+
     def cache_states(self) -> dict[str, Any]:
-        assert self.module is not None and self.optimizer is not None
+        """Module and optimizer state for roll-back (per rank: no collective is needed)."""
+        assert self.module is not None
         return {
             "module": copy.deepcopy(self.module.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": copy.deepcopy(self._own_optimizer().state_dict()),
         }
 
     def recover_states(self, cache: dict[str, Any]) -> None:
-        assert self.module is not None and self.optimizer is not None
+        assert self.module is not None
         self.module.load_state_dict(cache["module"])
-        self.optimizer.load_state_dict(cache["optimizer"])
+        self._own_optimizer().load_state_dict(cache["optimizer"])
 
     # ------------------------------------------------------------------ one step
     def one_step_descent(self, batch: Any = None, fresh: bool = False) -> None:
