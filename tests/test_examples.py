@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ziggurat.examples import hpo, load, maml, reweight
+from ziggurat.examples import hpo, load, maml, reweight, three_level
 from ziggurat.examples.data import digits, read_idx, symmetric_noise
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -56,6 +56,12 @@ def test_maml_beats_random_init_and_joint_pretraining() -> None:
 def test_imaml_beats_random_init() -> None:
     result = maml.run(steps=300, method="imaml", progress=False)
     assert result.row("meta-test MSE vs random init").gain > 0.1, str(result)
+
+
+def test_learning_by_ignoring_beats_uniform_pretraining() -> None:
+    result = three_level.run(steps=200, progress=False)
+    assert result.row("target test accuracy").gain > 0.05, str(result)
+    assert result.extra["weight_marked"] < result.extra["weight_other"] - 0.2
 
 
 def test_unknown_example_is_a_value_error() -> None:
