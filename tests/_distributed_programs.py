@@ -48,7 +48,11 @@ class Lower(ImplicitProblem):
             y = y + self.noise * torch.randn_like(y)
         weight = torch.sigmoid(self.weights(x)).squeeze(-1)
         residual = self.module(x).squeeze(-1) - y
-        return (weight * residual.pow(2)).mean() + 0.05 * self.module.weight.pow(2).sum()
+        decay = 0.05
+        reg = self.engine.problem_by_name("reg")
+        if reg is not None:  # three levels: the top level also sets this level's decay
+            decay = decay * torch.exp(reg.module.weight.sum())
+        return (weight * residual.pow(2)).mean() + decay * self.module.weight.pow(2).sum()
 
 
 class Weights(ImplicitProblem):
@@ -63,8 +67,8 @@ class Weights(ImplicitProblem):
 
 class Reg(ImplicitProblem):
     def training_step(self, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return (self.lower(x).squeeze(-1) - y).pow(2).mean()
+        x, y = batch  # reads the level directly below it (Betty's path semantics)
+        return (torch.sigmoid(self.weights(x)).squeeze(-1) - 0.5 - 0.1 * y).pow(2).mean()
 
 
 def _linear(seed: int, n_in: int) -> nn.Linear:
@@ -140,7 +144,7 @@ def build(
         reg = Reg(
             name="reg",
             module=r_mod,
-            optimizer=torch.optim.SGD(r_mod.parameters(), lr=0.1),
+            optimizer=torch.optim.SGD(r_mod.parameters(), lr=1.0),
             train_data_loader=shards(12, rank, world),
         )
         problems.append(reg)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ziggurat import Engine
-from ziggurat.analytic import QuadraticBilevel, QuadraticTrilevel
+from ziggurat.analytic import QuadraticBilevel, QuadraticTrilevel, random_spd
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.hypergradient import cg, exact, neumann
 from ziggurat.problems import ImplicitProblem, IterativeProblem
@@ -32,6 +32,7 @@ def loader(n: int = 1):
 
 class Recorder:
     def __init__(self) -> None:
+        self.mid_grads: list[tuple[torch.Tensor, ...]] = []
         self.grads: list[torch.Tensor] = []
         self.snapshots: list[dict[str, torch.Tensor]] = []
 
@@ -111,8 +112,8 @@ def trilevel_program(
     tri: QuadraticTrilevel, middle_config: Config, lower_config: Config, rec: Recorder
 ):
     class Up(ImplicitProblem):
-        def training_step(self, batch):
-            return tri.upper({"x": self.module()}, self.mid(), self.low())
+        def training_step(self, batch):  # reads the level directly below it (and not z)
+            return tri.upper({"x": self.module()}, self.mid(), tri.s)
 
         def grad_callback(self):
             rec.grads.append(self.module.value.grad.clone())
@@ -127,6 +128,16 @@ def trilevel_program(
     class Mid(ImplicitProblem):
         def training_step(self, batch):
             return tri.middle({"y": self.module()}, {"x": self.up()}, self.low())
+
+        def grad_callback(self):
+            rec.mid_grads.append(
+                (
+                    self.module.value.grad.clone(),
+                    self.up.module.value.detach().clone(),
+                    self.module.value.detach().clone(),
+                    self.low.module.value.detach().clone(),
+                )
+            )
 
     class Low(ImplicitProblem):
         def training_step(self, batch):
@@ -159,13 +170,92 @@ def test_three_level_engine_gradient_with_method_at_every_level(kind: str) -> No
     engine = Engine(
         problems=[up, mid, low],
         config=EngineConfig(train_iters=4, valid_step=0),
-        dependencies={"u2l": {up: [mid, low], mid: [low]}, "l2u": {low: [mid], mid: [up]}},
+        dependencies={"u2l": {up: [mid], mid: [low]}, "l2u": {low: [mid], mid: [up]}},
     )
     engine.run()
-    assert len(rec.grads) == 4
+    assert len(rec.grads) == 4 and len(rec.mid_grads) == 4
     for g, s in zip(rec.grads, rec.snapshots, strict=True):
-        expected = tri.hop_hypergradient(s["x"], s["y"], s["z"])
+        # the top hop uses the middle level's method and its Hessian with z held fixed
+        expected = tri.c * s["x"] + tri.B2.T @ torch.linalg.solve(tri.H2_partial(), s["y"] - tri.t)
         assert float((g - expected).norm() / expected.norm()) < 1e-6
+    for g, x, y, z in rec.mid_grads:
+        # the middle level: direct gradient plus the lower level's best response (its method)
+        d_y = tri.A2 @ y - tri.B2 @ x - tri.g * tri.C.T @ (z - tri.C @ y)
+        d_z = tri.g * (z - tri.C @ y)
+        expected = d_y + tri.J1().T @ d_z
+        assert float((g - expected).norm() / expected.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["cg", "neumann", "exact"])
+def test_two_hop_path_as_in_learning_by_ignoring(kind: str) -> None:
+    """Betty's path semantics: ``u2l = {top: [pre]}``, ``l2u = {pre: [fine], fine: [top]}``
+    gives the path ``[top, fine, pre, top]``: top's loss reads ``fine``, ``fine`` reads ``pre``,
+    ``pre`` reads ``top``; the hypergradient folds two hops, each with its own level's method."""
+    g = torch.Generator().manual_seed(5)
+    n_top, n_pre, n_fine = 3, 5, 4
+    A1, A2 = random_spd(n_pre, 1.0, 4.0, g, D), random_spd(n_fine, 1.0, 4.0, g, D)
+    B1 = torch.randn(n_pre, n_top, generator=g, dtype=D)
+    B2 = torch.randn(n_fine, n_pre, generator=g, dtype=D)
+    t = torch.randn(n_fine, generator=g, dtype=D)
+    c = 0.1
+    rec = Recorder()
+
+    class Top(ImplicitProblem):
+        def training_step(self, batch):
+            return 0.5 * (self.fine() - t).pow(2).sum() + 0.5 * c * self.module().pow(2).sum()
+
+        def grad_callback(self):
+            rec.grads.append(self.module.value.grad.clone())
+            rec.snapshots.append(
+                {
+                    "lam": self.module.value.detach().clone(),
+                    "f": self.fine.module.value.detach().clone(),
+                }
+            )
+
+    class Pre(ImplicitProblem):
+        def training_step(self, batch):
+            p = self.module()
+            return 0.5 * p @ A1 @ p - p @ B1 @ self.top()
+
+    class Fine(ImplicitProblem):
+        def training_step(self, batch):
+            f = self.module()
+            return 0.5 * f @ A2 @ f - f @ B2 @ self.pre()
+
+    inits = {
+        "top": torch.randn(n_top, dtype=D),
+        "pre": torch.randn(n_pre, dtype=D),
+        "fine": torch.randn(n_fine, dtype=D),
+    }
+    configs = {
+        "top": Config(),
+        "pre": methods_for(n_pre, A1)[kind],
+        "fine": methods_for(n_fine, A2)[kind],
+    }
+    made = {}
+    for name, cls in (("top", Top), ("pre", Pre), ("fine", Fine)):
+        mod = Vec(inits[name])
+        made[name] = cls(
+            name=name,
+            module=mod,
+            train_data_loader=loader(),
+            config=configs[name],
+            optimizer=torch.optim.SGD(mod.parameters(), lr=0.02),
+        )
+    top, pre, fine = made["top"], made["pre"], made["fine"]
+    engine = Engine(
+        problems=[top, pre, fine],
+        config=EngineConfig(train_iters=3, valid_step=0),
+        dependencies={"u2l": {top: [pre]}, "l2u": {pre: [fine], fine: [top]}},
+    )
+    assert [[p.name for p in path] for path in top.paths] == [["top", "fine", "pre", "top"]]
+    engine.run()
+    assert len(rec.grads) == 3
+    for gr, snap in zip(rec.grads, rec.snapshots, strict=True):
+        v_pre = B2.T @ torch.linalg.solve(A2, snap["f"] - t)
+        expected = c * snap["lam"] + B1.T @ torch.linalg.solve(A1, v_pre)
+        assert float((gr - expected).norm() / expected.norm()) < 1e-6
 
 
 def test_iterative_problem_matches_exact_unrolled_derivative() -> None:

@@ -23,7 +23,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import torch
+
     from . import examples
+
+    torch.set_num_threads(1)  # demo-sized models: more threads only add synchronisation
 
     if args.name not in examples.EXAMPLES:
         raise CliError(

@@ -1,12 +1,15 @@
-"""Parsing and validating ``{"u2l": ..., "l2u": ...}`` dependencies.
+"""Parsing and validating ``{"u2l": ..., "l2u": ...}`` dependencies (Betty's meaning).
 
 * ``l2u[L] = [U, ...]``: ``L`` is a lower level of each ``U``; ``U`` steps after ``L`` has
-  finished its inner loop (scheduling and parenthood).
-* ``u2l[U] = [L, ...]``: ``U``'s loss reads ``L``, so ``U`` receives hypergradients through
-  ``L`` along every ``l2u`` chain from ``L`` back to ``U``.
+  finished its inner loop (scheduling and parenthood), and ``U``'s loss reads ``L``.
+* ``u2l[U] = [L, ...]``: ``L``'s loss reads ``U``'s parameters, so ``U`` receives a
+  hypergradient through ``L`` along every ``l2u`` chain ``L -> X_1 -> ... -> X_m -> U``.
 
-A path is stored as ``[U, L, X_1, ..., X_m, U]``: ``U``'s loss is differentiated with respect
-to ``L``, and each hop ``L -> X_1 -> ... -> U`` is linearised by its lower level's method.
+Such a chain is stored, as in Betty, as the path ``[U, X_m, ..., X_1, L, U]``: ``U``'s loss is
+differentiated with respect to ``X_m`` (the level directly below it), and each hop
+``X_m -> ... -> X_1 -> L -> U`` is the best-response product of a level whose loss reads the
+next one (``X_m`` reads ``X_{m-1}``, ..., ``X_1`` reads ``L``, ``L`` reads ``U``), linearised
+by that level's own method. In a two-level program both readings coincide: ``[U, L, U]``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class Graph:
     names: tuple[str, ...]
     uppers: dict[str, list[str]]  # l2u: lower -> its upper problems (parents)
     reads: dict[str, list[str]]  # u2l: upper -> lower problems its loss reads
-    paths: dict[str, list[list[str]]]  # upper -> paths [U, L, ..., U]
+    paths: dict[str, list[list[str]]]  # upper -> paths [U, X_m, ..., X_1, L, U]
 
     @property
     def leaves(self) -> list[str]:
@@ -139,5 +142,6 @@ def parse(names: Sequence[str], dependencies: Mapping[str, Any] | None) -> Graph
                     f"dependencies: u2l edge {up} -> {low} has no l2u path from {low!r} back to "
                     f"{up!r}; add l2u {{{low!r}: [{up!r}]}} (or a chain through other levels)"
                 )
-            paths.setdefault(up, []).extend([up, *c] for c in chains)
+            # a chain [L, X_1, ..., X_m, U] becomes the path [U, X_m, ..., X_1, L, U]
+            paths.setdefault(up, []).extend([up, *reversed(c[:-1]), up] for c in chains)
     return Graph(tuple(names), uppers, reads, paths)

@@ -12,9 +12,9 @@ loss on a target validation set:
 * ``reweight`` (top): the finetuned model's target validation loss.
 
 The hypergradient of ``reweight`` is the chain ``dL_val/dw_fine . dw_fine*/dw_pre .
-dw_pre*/da``: ``reweight`` reads ``finetune`` (``u2l = {reweight: [finetune]}``), whose best
-response moves with the pretrained weights, which move with ``a``
-(``l2u = {finetune: [pretrain], pretrain: [reweight]}``). Each hop is linearised by its lower
+dw_pre*/da``. In Betty's notation: ``u2l = {reweight: [pretrain]}`` (the pretraining loss
+reads the weights ``a``) and ``l2u = {pretrain: [finetune], finetune: [reweight]}``, which gives
+the path ``[reweight, finetune, pretrain, reweight]``. Each hop is linearised by its lower
 level's own method: conjugate gradient on ``finetune``, ``method`` on ``pretrain``
 (``neumann`` by default). The baseline runs the same two lower levels with uniform weights.
 """
@@ -172,7 +172,7 @@ def run(
     pretrain, finetune = _lower_levels(data, method, seed, uniform=True)
     ProgressEngine(
         problems=[finetune, pretrain],
-        dependencies={"l2u": {finetune: [pretrain]}},
+        dependencies={"l2u": {pretrain: [finetune]}},
         config=engine,
         progress=progress,
         desc="three_level baseline (2 levels)",
@@ -191,8 +191,8 @@ def run(
     ProgressEngine(
         problems=[reweight, finetune, pretrain],
         dependencies={
-            "u2l": {reweight: [finetune]},
-            "l2u": {finetune: [pretrain], pretrain: [reweight]},
+            "u2l": {reweight: [pretrain]},
+            "l2u": {pretrain: [finetune], finetune: [reweight]},
         },
         config=engine,
         progress=progress,

@@ -1,9 +1,11 @@
 """The upper problem's gradient: its direct gradient plus the fold of every path.
 
-For a path ``[U, L, X_1, ..., U]`` the cotangent ``dL_U/dw_L`` is folded through each hop's
-best-response product, the method of each hop chosen by its lower problem (as in Betty). Lower
-problems that are unrolled (``IterativeProblem``) need no fold on the first hop: the direct
-gradient already differentiates through their recorded trajectory.
+For a path ``[U, P_1, P_2, ..., P_k, U]`` (see ``ziggurat.engine._graph``: ``U``'s loss reads
+``P_1``, each ``P_i``'s loss reads ``P_{i+1}``, and ``P_k``'s loss reads ``U``) the cotangent
+``dL_U/dw_{P_1}`` is folded through each hop's best-response product, the method of each hop
+chosen by the problem whose best response it is (as in Betty). Unrolled problems
+(``IterativeProblem``) need no fold on the first hop: the direct gradient already
+differentiates through their recorded trajectory.
 """
 
 from __future__ import annotations
