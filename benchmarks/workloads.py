@@ -352,7 +352,7 @@ def run(root: str, workload: str, method: str, size: str, iters: int, warmup: in
         "params": sum(p.numel() for p in lower.module.parameters()),
     }
     if root == "ziggurat":
-        reps = max(5, iters)
+        reps = max(5, min(iters, 15))
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
         prim, u = floor_primitives(workload, upper, lower, batch, reps)
         out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u) * 1e3
