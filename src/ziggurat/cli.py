@@ -22,6 +22,19 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_compare.py"
+    if not script.is_file():
+        raise CliError(f"needs a source checkout with benchmarks/ ({script} not found)")
+    cmd = [sys.executable, str(script), *([] if args.full else ["--quick"])]
+    if args.betty:
+        cmd += ["--betty", args.betty]
+    return subprocess.run(cmd, check=False).returncode
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -126,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of the random problems")
     check.set_defaults(func=_check)
     _add_demo(sub)
+    bench = sub.add_parser(
+        "bench",
+        help="time whole bilevel programs per method and print the table",
+        description="Run benchmarks/engine_compare.py (short version unless --full): time per "
+        "upper and lower step, peak RSS, ratios to a plain training step and to the floor.",
+    )
+    bench.add_argument("--betty", default=None, help="python of a venv with betty-ml 0.2.1")
+    bench.add_argument("--full", action="store_true", help="the full series (about 30 min)")
+    bench.set_defaults(func=_bench)
     return parser
 
 

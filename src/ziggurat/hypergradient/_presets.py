@@ -113,10 +113,18 @@ def first_order() -> FirstOrder:
 
 
 def unrolled(
-    optimizer: FunctionalOptimizer, steps: int = 1, *, truncate: int | None = None
+    optimizer: FunctionalOptimizer,
+    steps: int = 1,
+    *,
+    truncate: int | None = None,
+    checkpoint_segments: int | str | None = None,
 ) -> Unrolled:
-    """Reverse-mode through ``steps`` differentiable optimizer steps, optionally truncated."""
-    return Unrolled(optimizer, steps, truncate)
+    """Reverse-mode through ``steps`` differentiable optimizer steps, optionally truncated.
+
+    ``checkpoint_segments="sqrt"`` (or an int) recomputes segments in the reverse pass from
+    stored boundary states: memory ``O(sqrt T)`` instead of ``O(T)``, same result.
+    """
+    return Unrolled(optimizer, steps, truncate, checkpoint_segments)
 
 
 PRESETS: dict[str, Callable[..., Method]] = {

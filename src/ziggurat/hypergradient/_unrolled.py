@@ -4,6 +4,9 @@
 starting from ``w_0 = w``; the hop returns ``v^T dw_T/dlam`` by reverse mode (Maclaurin et al.
 2015; Franceschi et al. 2017). With ``truncate=K`` only the last ``K`` steps are differentiated
 (Shaban et al. 2019): earlier steps still run, but their dependence on ``lam`` is cut.
+With ``checkpoint_segments`` the differentiated steps are swept in reverse segment by segment
+from stored boundary states (:mod:`._checkpoint`): memory ``O(sqrt T)`` instead of ``O(T)``
+for about one extra forward pass of every step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from .._products import scalar_loss
 from .._types import InnerLoss, Params
 from ..optim import FunctionalOptimizer, OptState
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+from ._checkpoint import Segments, checkpointed_vjp, segment_count
 
 
 def unroll(
@@ -56,17 +60,23 @@ def unroll(
 class Unrolled:
     """``v^T dw_T/dlam`` through ``steps`` differentiable optimizer steps from ``w``.
 
-    Memory grows with the number of differentiated steps (``truncate`` or ``steps``).
+    Memory grows with the number of differentiated steps ``K`` (``truncate`` or ``steps``).
+    ``checkpoint_segments`` (``"sqrt"`` or an int ``S``) bounds it instead: ``S`` stored
+    boundary states plus the graph of one segment of ``ceil(K / S)`` steps, for one extra
+    graph-free forward pass of every differentiated step. The result is the same.
     """
 
     optimizer: FunctionalOptimizer
     steps: int = 1
     truncate: int | None = None
+    checkpoint_segments: Segments = None
 
     def __post_init__(self) -> None:
         _checks.int_at_least("unrolled steps", self.steps, 1)
         if self.truncate is not None:
             _checks.int_at_least("unrolled truncate", self.truncate, 1)
+        if self.checkpoint_segments is not None:
+            segment_count(self.steps, self.checkpoint_segments)  # validates
 
     @property
     def name(self) -> str:
@@ -83,6 +93,18 @@ class Unrolled:
         check_inputs(w, lam, v)
         lam_ = _tree.leaves(lam)
         k = self.steps if self.truncate is None else min(self.truncate, self.steps)
+        if self.checkpoint_segments is not None:
+            out = checkpointed_vjp(
+                inner,
+                w,
+                lam_,
+                v,
+                self.optimizer,
+                self.steps,
+                segment_count(k, self.checkpoint_segments),
+                differentiable_from=self.steps - k,
+            )
+            return HopResult(vjp=out, info=HopInfo(self.name, self.steps))
         w_t, _ = unroll(
             inner,
             _tree.detach(w),

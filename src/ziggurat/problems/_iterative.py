@@ -64,6 +64,11 @@ class IterativeProblem(Problem):
     The module's own parameters are kept equal to ``self.params`` (detached) after every
     step, for evaluation. ``Config.type`` is not used: hops through this level follow its
     recorded trajectory. Only ``torch.optim`` SGD, Adam and AdamW are supported.
+
+    Memory grows linearly with the inner loop's length, since the graph of every step stays
+    alive until the upper level reads it. Checkpointed unrolling (``O(sqrt T)`` memory) is
+    available for a pure inner loss through ``hypergradient.unrolled(...,
+    checkpoint_segments="sqrt")``, not yet for this problem type.
     """
 
     params_live_in_module = False

@@ -1,0 +1,376 @@
+"""Bilevel workloads written once in Betty's style, run by ziggurat or by Betty 0.2.1.
+
+One process runs one configuration (a fresh process per configuration, so its peak RSS is its
+own) and prints one JSON line::
+
+    python benchmarks/workloads.py --root ziggurat|betty --workload a|b|d --method darts \
+        [--size 1M] [--iters 30] [--warmup 5]
+
+Workloads:
+
+* ``a``: logistic-regression HPO on breast cancer (30 standardised features, full batch) with a
+  learned weight decay per input feature; the lower level is ``nn.Linear(30, 2)``;
+* ``b``: Meta-Weight-Net data reweighting (Shu et al. 2019) on digits with 40% symmetric label
+  noise: the lower level an MLP 64-64-10 on batches of 64, the upper a 1-32-1 weight net
+  trained on a clean meta set;
+* ``d``: the same reweighting program on synthetic data with a lower MLP of ~10k, 100k, 1M or
+  5M parameters (``--size``), batches of 128.
+
+Each iteration is one lower step and one upper step (``unroll_steps=1``). The time of a lower
+step runs from the upper's ``param_callback`` to the lower's, the time of an upper step from
+the lower's ``param_callback`` to the upper's (batch fetch, hypergradient, optimizer step).
+Medians over the timed iterations after ``warmup``. With ``--root ziggurat`` the process then
+also times, with plain ``torch.autograd`` and no library code, one plain training step of the
+lower model and the primitives of the cost floor (``floors.py``), after reading its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+METHODS = ("first_order", "darts", "sama", "neumann", "cg")
+K = 5  # neumann_iterations and cg_iterations
+NEUMANN_ALPHA = 0.1
+SIZES: dict[str, tuple[int, int]] = {  # lower MLP d_in -> hidden -> 10
+    "10k": (64, 128),
+    "100k": (256, 384),
+    "1M": (1024, 960),
+    "5M": (2048, 2400),
+}
+
+
+def lower_config(configs: Any, method: str) -> Any:
+    options: dict[str, dict[str, Any]] = {
+        "first_order": {"type": "darts"},  # Betty: switched off on the upper, see upper_config
+        "darts": {"type": "darts", "darts_alpha": 0.01},
+        "sama": {"type": "sama"},
+        "neumann": {"type": "neumann", "neumann_iterations": K, "neumann_alpha": NEUMANN_ALPHA},
+        "cg": {"type": "cg", "cg_iterations": K, "cg_alpha": 1.0},
+    }
+    if method == "first_order" and configs.__name__.startswith("ziggurat"):
+        return configs.Config(type="first_order")
+    return configs.Config(**options[method])
+
+
+def upper_config(configs: Any, method: str) -> Any:
+    # Betty computes no term through the lower level when the upper's first_order is False
+    if method == "first_order" and not configs.__name__.startswith("ziggurat"):
+        return configs.Config(first_order=False)
+    return configs.Config()
+
+
+def lower_optimizer(method: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    # SAMA's preconditioner is Adam's; with SGD it is plain DARTS in both libraries
+    if method == "sama":
+        return torch.optim.Adam(params, lr=lr * 0.01)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+class WeightNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(losses.unsqueeze(1))).squeeze(1)
+
+
+class FeatureDecay(nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.log_wd = nn.Parameter(torch.full((features,), -3.0))
+
+    def forward(self) -> Tensor:
+        return self.log_wd.exp()
+
+
+class Loader:
+    """An endless iterator over random batches (the same in both libraries)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch: int, seed: int) -> None:
+        self.x, self.y, self.batch = x, y, batch
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.batch >= len(self.x):
+            return self.x, self.y
+        idx = torch.randint(0, len(self.x), (self.batch,), generator=self.gen)
+        return self.x[idx], self.y[idx]
+
+
+def data(workload: str, size: str) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """(x_train, y_train, x_meta, y_meta, batch)."""
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    rng = np.random.default_rng(0)
+    if workload == "a":
+        d = load_breast_cancer()
+        x = (d.data - d.data.mean(0)) / d.data.std(0)
+        idx = rng.permutation(len(x))
+        tr, va = idx[:142], idx[142:341]
+        xt = torch.tensor(x, dtype=torch.float32)
+        yt = torch.tensor(d.target, dtype=torch.long)
+        return xt[tr], yt[tr], xt[va], yt[va], 142
+    if workload == "b":
+        d = load_digits()
+        x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+        y = d.target.copy()
+        idx = rng.permutation(len(x))
+        tr, meta = idx[:1078], idx[1078:1167]
+        noisy = y[tr].copy()
+        flip = rng.random(len(tr)) < 0.4
+        noisy[flip] = (noisy[flip] + rng.integers(1, 10, flip.sum())) % 10
+        yt = torch.tensor(y, dtype=torch.long)
+        return x[tr], torch.tensor(noisy, dtype=torch.long), x[meta], yt[meta], 64
+    d_in, _ = SIZES[size]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, d_in, generator=gen)
+    y = (x @ torch.randn(d_in, 10, generator=gen)).argmax(1)
+    noisy = torch.where(torch.rand(2048, generator=gen) < 0.4, (y + 3) % 10, y)
+    return x[:1792], noisy[:1792], x[1792:], y[1792:], 128
+
+
+def lower_model(workload: str, size: str) -> nn.Module:
+    if workload == "a":
+        return nn.Linear(30, 2)
+    if workload == "b":
+        return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    d_in, hidden = SIZES[size]
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def lower_loss(workload: str, out: Tensor, y: Tensor, lam_out: Tensor, w: Tensor) -> Tensor:
+    """The lower objective given the upper module's output ``lam_out`` and first weight ``w``."""
+    if workload == "a":
+        return F.cross_entropy(out, y) + (lam_out * (w**2).sum(0)).sum()
+    losses = F.cross_entropy(out, y, reduction="none")
+    return (lam_out * losses).sum() / lam_out.sum()
+
+
+def build(root: str, workload: str, method: str, size: str, stamps: dict[str, list[float]]) -> Any:
+    problems = importlib.import_module(f"{root}.problems")
+    configs = importlib.import_module(f"{root}.configs")
+    engine_mod = importlib.import_module(f"{root}.engine")
+    torch.manual_seed(0)
+    xtr, ytr, xm, ym, batch = data(workload, size)
+    model = lower_model(workload, size)
+    upper_module: nn.Module = FeatureDecay(30) if workload == "a" else WeightNet()
+    lr = 0.5 if workload == "a" else 0.1
+
+    class Upper(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
+        def training_step(self, batch: Any) -> Tensor:
+            x, y = batch
+            return F.cross_entropy(self.lower(x), y)
+
+        def param_callback(self) -> None:
+            stamps["upper"].append(time.perf_counter())
+
+    class Lower(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
+        def training_step(self, batch: Any) -> Tensor:
+            x, y = batch
+            out = self.module(x)
+            if workload == "a":
+                lam_out = self.upper()
+            else:
+                lam_out = self.upper(F.cross_entropy(out, y, reduction="none").detach())
+            first = next(iter(self.module.parameters()))
+            return lower_loss(workload, out, y, lam_out, first)
+
+        def param_callback(self) -> None:
+            stamps["lower"].append(time.perf_counter())
+
+    upper = Upper(
+        name="upper",
+        module=upper_module,
+        optimizer=torch.optim.Adam(upper_module.parameters(), lr=1e-3),
+        train_data_loader=Loader(xm, ym, batch, 1),
+        config=upper_config(configs, method),
+    )
+    lower = Lower(
+        name="lower",
+        module=model,
+        optimizer=lower_optimizer(method, model.parameters(), lr),
+        train_data_loader=Loader(xtr, ytr, batch, 2),
+        config=lower_config(configs, method),
+    )
+    return engine_mod, upper, lower, (xtr[:batch], ytr[:batch], xm[:batch], ym[:batch])
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1e3
+
+
+def timed(fn: Callable[[], object], reps: int) -> float:
+    out = []
+    for i in range(reps + 2):
+        t0 = time.perf_counter()
+        fn()
+        if i >= 2:
+            out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def plain_step(workload: str, lower: Any, batch: tuple[Tensor, ...], reps: int) -> float:
+    """One plain training step of the same lower model: forward, backward, optimizer step."""
+    model = lower.module
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    x, y = batch[0], batch[1]
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return timed(step, reps)
+
+
+def pure_lower_loss(workload: str, upper: Any, lower: Any, x: Tensor, y: Tensor) -> Callable:
+    """The lower loss as a pure function ``f(w, lam)`` of both modules' parameters."""
+    model, umod = lower.module, upper.module
+    first = next(iter(dict(model.named_parameters())))
+
+    def f(w: dict[str, Tensor], lam: dict[str, Tensor]) -> Tensor:
+        out = torch.func.functional_call(model, w, (x,))
+        if workload == "a":
+            lam_out = torch.func.functional_call(umod, lam, ())
+        else:
+            losses = F.cross_entropy(out, y, reduction="none").detach()
+            lam_out = torch.func.functional_call(umod, lam, (losses,))
+        return lower_loss(workload, out, y, lam_out, w[first])
+
+    return f
+
+
+def floor_primitives(
+    workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], reps: int
+) -> tuple[Any, float]:
+    """Plain-autograd primitives of the lower loss ``f(w, lam)`` and the upper gradient ``U``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import floors
+
+    model = lower.module
+    x, y, xm, ym = batch
+    w0 = {k: p.detach() for k, p in model.named_parameters()}
+    lam0 = {k: p.detach() for k, p in upper.module.named_parameters()}
+    f = pure_lower_loss(workload, upper, lower, x, y)
+
+    def leaves(t: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.detach().requires_grad_(True) for k, v in t.items()}
+
+    v = {k: torch.randn_like(t) for k, t in w0.items()}
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[Tensor, ...]]:
+        w, lam = leaves(w0), leaves(lam0)
+        g = torch.autograd.grad(f(w, lam), list(w.values()), create_graph=True)
+        return w, lam, g
+
+    def products(wrt: str) -> None:
+        w, lam, g = build()
+        target = list(w.values()) if wrt == "w" else list(lam.values())
+        for _ in range(10):
+            torch.autograd.grad(g, target, grad_outputs=list(v.values()), retain_graph=True)
+
+    def grad_lam() -> None:
+        lam = leaves(lam0)
+        torch.autograd.grad(f(w0, lam), list(lam.values()))
+
+    def grad_w() -> None:
+        w = leaves(w0)
+        torch.autograd.grad(f(w, lam0), list(w.values()))
+
+    def upper_grad() -> None:
+        w = leaves(w0)
+        loss = F.cross_entropy(torch.func.functional_call(model, w, (xm,)), ym)
+        torch.autograd.grad(loss, list(w.values()))
+
+    t = {
+        "G": timed(grad_lam, reps),
+        "Gw": timed(grad_w, reps),
+        "B": timed(build, reps),
+        "B+KH": timed(lambda: products("w"), reps),
+        "B+KM": timed(lambda: products("lam"), reps),
+        "FO": 0.0,
+    }
+    u = timed(upper_grad, reps)
+    try:
+        prim = floors.primitives_from_timings(t, 10)
+    except ValueError:
+        return None, u
+    return prim, u
+
+
+def upper_floor_s(method: str, prim: Any, u: float) -> float:
+    """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import floors
+
+    kind = method
+    spec = floors.MethodSpec(method, kind, K if kind in ("neumann", "cg") else 0)
+    return u + floors.floor(spec, prim).seconds
+
+
+def run(root: str, workload: str, method: str, size: str, iters: int, warmup: int) -> dict:
+    torch.set_num_threads(1)
+    stamps: dict[str, list[float]] = {"lower": [], "upper": []}
+    engine_mod, upper, lower, batch = build(root, workload, method, size, stamps)
+    configs = importlib.import_module(f"{root}.configs")
+    engine = engine_mod.Engine(
+        problems=[upper, lower],
+        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
+        config=configs.EngineConfig(train_iters=warmup + iters, valid_step=10**9),
+    )
+    engine.run()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lo, up = stamps["lower"], stamps["upper"]
+    upper_s = [b - a for a, b in zip(lo, up, strict=False)][warmup:]
+    lower_s = [b - a for a, b in zip(up, lo[1:], strict=False)][warmup:]
+    out = {
+        "root": root,
+        "workload": workload,
+        "method": method,
+        "size": size,
+        "upper_ms": median_ms(upper_s),
+        "lower_ms": median_ms(lower_s),
+        "rss_mb": rss_mb,
+        "params": sum(p.numel() for p in lower.module.parameters()),
+    }
+    if root == "ziggurat":
+        reps = max(5, min(iters, 15))
+        out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
+        prim, u = floor_primitives(workload, upper, lower, batch, reps)
+        out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u) * 1e3
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", choices=("ziggurat", "betty"), required=True)
+    parser.add_argument("--workload", choices=("a", "b", "d"), required=True)
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--size", choices=list(SIZES), default="10k")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    result = run(args.root, args.workload, args.method, args.size, args.iters, args.warmup)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
