@@ -196,3 +196,16 @@ def test_wrong_shape_and_non_scalar_loss(quad: QuadraticBilevel) -> None:
 def test_unknown_method_name_lists_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown hypergradient method 'cgg'.*'cg'"):
         from_name("cgg")
+
+
+def test_methods_accept_live_parameters_that_require_grad(quad: QuadraticBilevel) -> None:
+    """The engine passes live module parameters; no method may warn or build on their graph."""
+    w, lam, v = quad.point()
+    live_w = {"w": w["w"].clone().requires_grad_(True)}
+    live_lam = {"lam": lam["lam"].clone().requires_grad_(True)}
+    expected = from_name("darts")(quad.inner, w, lam, v).vjp["lam"]
+    for name in ("darts", "sama", "cg", "neumann", "first_order"):
+        got = from_name(name)(quad.inner, live_w, live_lam, v).vjp["lam"]
+        assert not got.requires_grad
+        if name == "darts":
+            assert torch.equal(got, expected)

@@ -126,7 +126,7 @@ def default_fd_step(w: Params, u: Params) -> float:
     u_norm = float(_tree.norm(u))
     if u_norm == 0.0 or not math.isfinite(u_norm):
         return 0.0
-    return eps ** (1.0 / 3.0) * max(1.0, float(_tree.norm(w))) / u_norm
+    return eps ** (1.0 / 3.0) * max(1.0, float(_tree.norm(_tree.detach(w)))) / u_norm
 
 
 def mixed_vjp_fd(
