@@ -10,6 +10,7 @@ no graph back to the caller's tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -42,6 +43,26 @@ def grad_lam(inner: InnerLoss, w: Params, lam: Params) -> Params:
     return _tree.detach(_grad(f, lam_))
 
 
+def pullback(
+    pairs: Iterable[tuple[Tensor, Tensor]], wrt: Params, *, retain_graph: bool = False
+) -> Params:
+    """``sum_i c_i^T (d o_i / d wrt)`` over ``(o_i, c_i)`` pairs, detached.
+
+    Outputs that do not depend on the graph are skipped; when none does, the result is zeros.
+    """
+    live = [(o, c.detach()) for o, c in pairs if o.requires_grad]
+    if not live:
+        return _tree.zeros_like(_tree.detach(wrt))
+    grads = torch.autograd.grad(
+        [o for o, _ in live],
+        list(wrt.values()),
+        grad_outputs=[c for _, c in live],
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    return _tree.detach(_tree.fill_none(grads, wrt))
+
+
 class Linearization:
     """The gradient graph ``g = grad_w f(w, lam)`` built once, lazily, and reused.
 
@@ -68,17 +89,7 @@ class Linearization:
 
     def _through(self, u: Params, wrt: Params) -> Params:
         _, _, g = self._graph()
-        live = [(gi, ui) for gi, ui in zip(g, u.values(), strict=True) if gi.requires_grad]
-        if not live:
-            return _tree.zeros_like(wrt)
-        grads = torch.autograd.grad(
-            [gi for gi, _ in live],
-            list(wrt.values()),
-            grad_outputs=[ui.detach() for _, ui in live],
-            retain_graph=True,
-            allow_unused=True,
-        )
-        return _tree.detach(_tree.fill_none(grads, wrt))
+        return pullback(zip(g, u.values(), strict=True), wrt, retain_graph=True)
 
     def hvp(self, u: Params) -> Params:
         """``(d^2 f / dw^2) u`` by one backward pass through the cached gradient graph."""

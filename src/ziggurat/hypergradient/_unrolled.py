@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks, _tree
-from .._products import scalar_loss
+from .._products import pullback, scalar_loss
 from .._types import InnerLoss, Params
 from ..optim import FunctionalOptimizer, OptState
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
@@ -113,15 +113,5 @@ class Unrolled:
             self.steps,
             differentiable_from=self.steps - k,
         )
-        outs = [w_t[key] for key in v]
-        live = [(o, v[key].detach()) for o, key in zip(outs, v, strict=True) if o.requires_grad]
-        if not live:
-            return HopResult(_tree.zeros_like(_tree.detach(lam)), HopInfo(self.name, self.steps))
-        grads = torch.autograd.grad(
-            [o for o, _ in live],
-            list(lam_.values()),
-            grad_outputs=[c for _, c in live],
-            allow_unused=True,
-        )
-        out = _tree.detach(_tree.fill_none(grads, lam_))
+        out = pullback(((w_t[key], v[key]) for key in v), lam_)
         return HopResult(vjp=out, info=HopInfo(self.name, self.steps))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import _tree
+from .._products import pullback
 from .._types import InnerLoss, Params
 from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method
 from ..optim import FunctionalOptimizer, OptState, from_torch
@@ -40,18 +41,8 @@ class Trajectory:
     def __call__(
         self, inner: InnerLoss, w: Params, lam: Params, v: Params, context: HopContext = NO_CONTEXT
     ) -> HopResult:
-        live = [(w[k], v[k].detach()) for k in v if w[k].requires_grad]
-        targets = list(lam.values())
-        if not live:
-            return HopResult(_tree.zeros_like(_tree.detach(lam)), HopInfo(self.name))
-        grads = torch.autograd.grad(
-            [t for t, _ in live],
-            targets,
-            grad_outputs=[c for _, c in live],
-            retain_graph=True,
-            allow_unused=True,
-        )
-        return HopResult(_tree.detach(_tree.fill_none(grads, lam)), HopInfo(self.name))
+        out = pullback(((w[k], v[k]) for k in v), lam, retain_graph=True)
+        return HopResult(out, HopInfo(self.name))
 
 
 class IterativeProblem(Problem):

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import logging
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -532,9 +531,6 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r})"
-
-    def __iter__(self) -> Iterator[Any]:
-        raise TypeError(f"problem {self._name!r} is not iterable")
 
 
 def _as_float(value: Any) -> float:
