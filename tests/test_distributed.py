@@ -190,3 +190,25 @@ def test_torchrun_world_initialised_by_the_engine(tmp_path) -> None:
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert_close(got[0], got[1], atol=0.0)
     assert_close(got[0], run("darts"), atol=1e-10)
+
+
+def test_importing_ziggurat_keeps_optimizers_from_pinning_the_process_group(tmp_path) -> None:
+    """After ``import ziggurat``, a group initialised by the user and then the first
+    ``torch.optim`` optimizer: the optimizer adds no reference to the group, so
+    ``destroy_process_group`` frees it (without the guard in ``engine/_distributed.py`` torch
+    2.13 adds ten, and the leaked group's gloo threads abort some processes at exit)."""
+    script = f"""
+import sys
+import torch, torch.distributed as dist
+import ziggurat
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'init'}", rank=0, world_size=1)
+before = sys.getrefcount(dist.group.WORLD)
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+print(sys.getrefcount(dist.group.WORLD) - before)
+dist.destroy_process_group()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"]

@@ -236,14 +236,15 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert norm == pytest.approx(engine.upper.last_hypergradient_norm, rel=1e-6) and norm > 0
 
 
-def wandb_history(path: str) -> list[dict]:
-    """History rows of an offline ``.wandb`` file (LevelDB-style log of protobuf records)."""
+def wandb_history(path: str) -> tuple[list[dict], str | None]:
+    """History rows of an offline ``.wandb`` file (LevelDB-style log of protobuf records), and
+    the type of its last record (``"exit"`` once the run is complete)."""
     from wandb.proto import wandb_internal_pb2
 
     with open(path, "rb") as f:
         data = f.read()
     assert data[:4] == b":W&B"
-    pos, buf, rows = 7, b"", []
+    pos, buf, rows, last = 7, b"", [], None
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
@@ -255,23 +256,30 @@ def wandb_history(path: str) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(buf)
             buf = b""
-            if record.WhichOneof("record_type") == "history":
+            last = record.WhichOneof("record_type")
+            if last == "history":
                 items = record.history.item
                 rows.append(
                     {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
                 )
-    return rows
+    return rows, last
 
 
 def test_wandb_offline_run_read_back(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="install ziggurat[wandb]")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
     engine = logged_program(tmp_path, "wandb")
     engine.run()
+    # run.finish() may return before the service process has flushed the offline file;
+    # teardown waits for it (as the exit hook does at the end of a script)
+    wandb.teardown()
     runs = glob.glob(str(tmp_path / "run1" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1
-    rows = wandb_history(runs[0])
+    rows, last = wandb_history(runs[0])
+    assert last == "exit"
     acc = [(r["validation/acc"], r["global_step"]) for r in rows if "validation/acc" in r]
     assert acc == [(0.25, 2), (0.5, 4)]
     losses = [r["lower/loss"] for r in rows if "lower/loss" in r]

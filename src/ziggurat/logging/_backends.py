@@ -61,7 +61,12 @@ class TensorBoardLogger(MetricLogger):
 
 
 class WandbLogger(MetricLogger):
-    """Scalars to a Weights & Biases run (``WANDB_MODE=offline`` works without a network)."""
+    """Scalars to a Weights & Biases run (``WANDB_MODE=offline`` works without a network).
+
+    ``close`` finishes the run; W&B's service process may write the last records of the run
+    directory after that, and ``wandb.teardown()`` (called by W&B at interpreter exit) waits
+    for it. Call it before reading the offline files in the same process.
+    """
 
     def __init__(self, directory: str, run_name: str, config: Mapping[str, Any]) -> None:
         try:
