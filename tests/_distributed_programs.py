@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
@@ -41,18 +42,23 @@ def shards(seed: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.T
 
 class Lower(ImplicitProblem):
     noise = 0.0  # a per-rank random target perturbation, for checkpoint tests of the RNG
+    scale_inputs = False  # the upper level also scales the inputs (its gradient crosses us)
 
     def training_step(self, batch: Any) -> torch.Tensor:
         x, y = batch
         if self.noise:
             y = y + self.noise * torch.randn_like(y)
         weight = torch.sigmoid(self.weights(x)).squeeze(-1)
+        if self.scale_inputs:
+            x = x * torch.exp(self.weights.module.weight)
         residual = self.module(x).squeeze(-1) - y
         decay = 0.05
         reg = self.engine.problem_by_name("reg")
         if reg is not None:  # three levels: the top level also sets this level's decay
             decay = decay * torch.exp(reg.module.weight.sum())
-        return (weight * residual.pow(2)).mean() + decay * self.module.weight.pow(2).sum()
+        # read after the forward: an FSDP2-sharded module holds its full parameters then
+        weights = (p for n, p in self.module.named_parameters() if n.endswith("weight"))
+        return (weight * residual.pow(2)).mean() + decay * sum(w.pow(2).sum() for w in weights)
 
 
 class Weights(ImplicitProblem):
@@ -76,6 +82,12 @@ def _linear(seed: int, n_in: int) -> nn.Linear:
     return nn.Linear(n_in, 1, bias=n_in > 1).to(D)
 
 
+def _mlp(seed: int) -> nn.Module:
+    """A lower model wide enough that both ranks hold part of every FSDP2-sharded tensor."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(DIM, 6), nn.Tanh(), nn.Linear(6, 2), nn.Linear(2, 1)).to(D)
+
+
 LOWER_CONFIGS = {
     "darts": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "cg": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
@@ -85,7 +97,15 @@ LOWER_CONFIGS = {
     "ckpt": Config(type="darts", darts_alpha=0.01, unroll_steps=2, gradient_accumulation=2),
     "plateau": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "rollback": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
+    # first-order lowest levels, for strategy="fsdp" (which shards them)
+    "wide": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "inputs": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "three_fsdp": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "rollback_fsdp": Config(type="sama", unroll_steps=2),
+    "ckpt_rollback": Config(type="sama", unroll_steps=2),
 }
+THREE_LEVELS = ("three", "three_fsdp")
+MIDDLE_CONFIGS = {"three_fsdp": Config(type="neumann", neumann_iterations=3, neumann_alpha=0.1)}
 
 
 class FlatValidation(Engine):
@@ -109,10 +129,11 @@ def build(
     lower level's Adam state; ``ckpt`` accumulates and perturbs the lower targets with noise
     drawn from each rank's RNG.
     """
-    low_mod, w_mod = _linear(1, DIM), _linear(2, DIM)
+    low_mod = _mlp(1) if program in ("wide", "inputs", "three_fsdp") else _linear(1, DIM)
+    w_mod = _linear(2, DIM)
     low_opt: torch.optim.Optimizer = (
         torch.optim.Adam(low_mod.parameters(), lr=0.05)
-        if program == "sama"
+        if program in ("sama", "rollback_fsdp", "ckpt_rollback")
         else torch.optim.SGD(low_mod.parameters(), lr=0.1, momentum=0.5)
     )
     lower = Lower(
@@ -122,13 +143,14 @@ def build(
         train_data_loader=shards(10, rank, world),
         config=LOWER_CONFIGS[program],
     )
-    lower.noise = 0.05 if program == "ckpt" else 0.0
+    lower.noise = 0.05 if program.startswith("ckpt") else 0.0
+    lower.scale_inputs = program == "inputs"
     weights = Weights(
         name="weights",
         module=w_mod,
         optimizer=torch.optim.Adam(w_mod.parameters(), lr=0.05),
         train_data_loader=shards(11, rank, world),
-        config=Config(type="darts", darts_alpha=0.01),
+        config=MIDDLE_CONFIGS.get(program, Config(type="darts", darts_alpha=0.01)),
     )
     problems = [lower, weights]
     deps: dict[str, Any] = {"u2l": {weights: [lower]}, "l2u": {lower: [weights]}}
@@ -139,7 +161,7 @@ def build(
         )
         engine_options.setdefault("valid_step", 2)
         engine_class = FlatValidation
-    if program == "three":
+    if program in THREE_LEVELS:
         r_mod = _linear(3, 1)
         reg = Reg(
             name="reg",
@@ -152,18 +174,33 @@ def build(
             "u2l": {reg: [weights, lower], weights: [lower]},
             "l2u": {lower: [weights], weights: [reg]},
         }
-    if program == "rollback":  # the lower level restores its (sharded) optimizer state
+    if "rollback" in program:  # the lower level restores its (sharded) optimizer state
         engine_options.setdefault("roll_back", True)
     engine_options.setdefault("valid_step", 0)
     config = EngineConfig(train_iters=train_iters, strategy=strategy, **engine_options)
     return engine_class(problems=problems, config=config, dependencies=deps)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain copy of ``t``; an FSDP2 shard (DTensor) is gathered first (a collective)."""
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+
+
+def sharded_numel(engine: Engine) -> dict[str, tuple[int, int]]:
+    """Per sharded problem: (elements this rank holds, elements in all)."""
+    return {
+        p.name: (
+            sum(t.to_local().numel() for t in p.named_trainable_parameters().values()),
+            sum(t.numel() for t in p.named_trainable_parameters().values()),
+        )
+        for p in engine.problems
+        if p.sharded
+    }
+
+
 def parameters(engine: Engine) -> dict[str, torch.Tensor]:
     return {
-        f"{p.name}.{k}": t.detach().clone()
-        for p in engine.problems
-        for k, t in p.module.state_dict().items()
+        f"{p.name}.{k}": _full(t) for p in engine.problems for k, t in p.module.state_dict().items()
     }
 
 
@@ -172,9 +209,9 @@ def tensors(engine: Engine) -> dict[str, torch.Tensor]:
     out = parameters(engine)
     for p in engine.problems:
         local = getattr(p.optimizer, "optim", p.optimizer)  # ZeRO keeps its shard in .optim
-        for k, param in p.module.named_parameters():
+        for k, param in p.named_trainable_parameters().items():
             for name, v in local.state.get(param, {}).items():
-                out[f"{p.name}.opt.{k}.{name}"] = torch.as_tensor(v).clone()
+                out[f"{p.name}.opt.{k}.{name}"] = _full(torch.as_tensor(v))
     return out
 
 
@@ -193,53 +230,68 @@ def worker(rank: int, world: int, init_file: str, jobs: list[tuple[str, str]], o
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results = {job: run(job[0], rank, world, job[1]) for job in jobs}
+        results: dict[Any, Any] = {}
+        for program, strategy in jobs:
+            engine = build(program, rank, world, strategy)
+            engine.run()
+            results[(program, strategy)] = parameters(engine)
+            results[("numel", program, strategy)] = sharded_numel(engine)
+        logged = build(
+            "darts", rank, world, "ddp", logger_type="tensorboard", log_dir=out, run_name="tb"
+        )
+        logged.run()  # only rank 0 may write event files
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+CHECKPOINT_RUNS = (("ddp", "ckpt"), ("zero", "ckpt"), ("fsdp", "ckpt"), ("fsdp", "ckpt_rollback"))
+"""(strategy, program) pairs of the checkpoint test; ``ckpt_rollback`` saves with a roll-back
+cache open (sharded Adam state included)."""
+
+
 def checkpoint_worker(
     rank: int, world: int, init_file: str, phase: str, steps: int, out: str
 ) -> None:
-    """One rank of a checkpoint test (``ckpt`` program, ``steps`` iterations in all).
+    """One rank of a checkpoint test (each of :data:`CHECKPOINT_RUNS`, ``steps`` iterations).
 
-    ``phase="first"``: for DDP and ZeRO, run ``steps`` iterations uninterrupted (tensors to
-    ``out/whole-{strategy}-rank{rank}.pt``) and, in new engines, ``steps // 2`` iterations
-    that checkpoint: DDP through ``checkpoint_dir``, ZeRO through ``Engine.save``.
-    ``phase="second"`` (a new world): new engines resume -- DDP with ``resume=True``, ZeRO with
-    ``Engine.load`` -- run to ``steps`` and save tensors to ``out/resumed-...``. Every rank
-    reseeds its RNG differently after building, so only per-rank RNG restoration is exact.
+    ``phase="first"``: run ``steps`` iterations uninterrupted (tensors to
+    ``out/whole-{strategy}-{program}-rank{rank}.pt``) and, in new engines, ``steps // 2``
+    iterations that checkpoint: DDP and FSDP2 through ``checkpoint_dir``, ZeRO through
+    ``Engine.save``. ``phase="second"`` (a new world): new engines resume -- DDP and FSDP2 with
+    ``resume=True``, ZeRO with ``Engine.load`` -- run to ``steps`` and save tensors to
+    ``out/resumed-...``. Every rank reseeds its RNG differently after building, so only
+    per-rank RNG restoration is exact.
     """
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        for strategy in ("ddp", "zero"):
-            _checkpoint_phase(phase, strategy, rank, world, steps, out)
+        for strategy, program in CHECKPOINT_RUNS:
+            _checkpoint_phase(phase, strategy, program, rank, world, steps, out)
     finally:
         dist.destroy_process_group()
 
 
 def _checkpoint_phase(
-    phase: str, strategy: str, rank: int, world: int, steps: int, out: str
+    phase: str, strategy: str, program: str, rank: int, world: int, steps: int, out: str
 ) -> None:
-    ckpt_dir = os.path.join(out, f"ckpt-{strategy}")
-    periodic = {"checkpoint_dir": ckpt_dir} if strategy == "ddp" else {}
-    name = f"{strategy}-rank{rank}.pt"
+    ckpt_dir = os.path.join(out, f"ckpt-{strategy}-{program}")
+    periodic = {"checkpoint_dir": ckpt_dir} if strategy != "zero" else {}
+    name = f"{strategy}-{program}-rank{rank}.pt"
     if phase == "first":
-        whole = build("ckpt", rank, world, strategy, steps)
+        whole = build(program, rank, world, strategy, steps)
         torch.manual_seed(1000 + rank)
         whole.run()
         torch.save(tensors(whole), os.path.join(out, f"whole-{name}"))
         half = build(
-            "ckpt", rank, world, strategy, steps // 2, checkpoint_step=steps // 2, **periodic
+            program, rank, world, strategy, steps // 2, checkpoint_step=steps // 2, **periodic
         )
         torch.manual_seed(1000 + rank)
         half.run()
         if strategy == "zero":
             half.save(os.path.join(ckpt_dir, "half.pt"))
         return
-    resumed = build("ckpt", rank, world, strategy, steps, resume=strategy == "ddp", **periodic)
+    resumed = build(program, rank, world, strategy, steps, resume=strategy != "zero", **periodic)
     torch.manual_seed(2000 + rank)  # overwritten by the checkpoint's RNG state
     if strategy == "zero":
         resumed.load(os.path.join(ckpt_dir, "half.pt"))

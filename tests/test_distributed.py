@@ -14,7 +14,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from _distributed_programs import build, checkpoint_worker, parameters, run, worker
+from _distributed_programs import (
+    CHECKPOINT_RUNS,
+    STEPS,
+    build,
+    checkpoint_worker,
+    parameters,
+    run,
+    worker,
+)
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.problems import ImplicitProblem, IterativeProblem
@@ -31,7 +39,18 @@ JOBS = [
     ("sama", "zero"),
     ("plateau", "ddp"),
     ("rollback", "zero"),
+    ("wide", "ddp"),
+    ("darts", "fsdp"),
+    ("wide", "fsdp"),
+    ("inputs", "fsdp"),
+    ("sama", "fsdp"),
+    ("three_fsdp", "fsdp"),
+    ("plateau", "fsdp"),
+    ("rollback_fsdp", "fsdp"),
 ]
+FSDP_ATOL = 1e-12
+"""FSDP2 against DDP on the same program (float64): FSDP2 averages sharded gradients with a
+reduce-scatter, DDP with an all-reduce; only the summation order can differ."""
 CHECKPOINT_STEPS = 10  # the save at step 5 falls inside the lower level's accumulation window
 
 
@@ -40,7 +59,20 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Every job run once on a world of two gloo ranks (one spawn: start-up dominates)."""
     tmp = tmp_path_factory.mktemp("dist")
     mp.spawn(worker, args=(WORLD, str(tmp / "init"), JOBS, str(tmp)), nprocs=WORLD)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return [{**torch.load(tmp / f"rank{r}.pt"), "dir": tmp} for r in range(WORLD)]
+
+
+@pytest.mark.distributed
+def test_only_rank_zero_writes_logs(ranks: list[dict]) -> None:
+    """A two-rank run with ``logger_type="tensorboard"`` (the worker's last engine) leaves one
+    event file, with one scalar per step of the lower level's loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list((ranks[0]["dir"] / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    acc = EventAccumulator(str(files[0]))
+    acc.Reload()
+    assert len(acc.Scalars("weights/hypergradient/norm")) == STEPS
 
 
 def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
@@ -59,7 +91,25 @@ def test_data_parallel_equals_single_process_on_global_batches(
     assert_close(ranks[0][job], single, atol=1e-10)
 
 
-@pytest.mark.parametrize("program", ["three", "accum", "sama"])
+@pytest.mark.distributed
+@pytest.mark.parametrize("program", ["darts", "wide", "sama"])
+def test_fsdp_matches_ddp(ranks: list[dict], program: str) -> None:
+    for r in range(WORLD):
+        assert_close(ranks[r][(program, "fsdp")], ranks[r][(program, "ddp")], atol=FSDP_ATOL)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("program", ["wide", "inputs", "three_fsdp"])
+def test_fsdp_shards_only_the_lowest_level(ranks: list[dict], program: str) -> None:
+    """Each rank holds a part of the lowest level's tensors, the parts add up to the whole,
+    and the levels above (``weights``, ``reg``) are replicated."""
+    held = [ranks[r][("numel", program, "fsdp")] for r in range(WORLD)]
+    assert all(set(h) == {"lower"} for h in held)
+    local = [h["lower"][0] for h in held]
+    assert sum(local) == held[0]["lower"][1] and 0 < min(local) < held[0]["lower"][1]
+
+
+@pytest.mark.parametrize("program", ["three", "accum", "sama", "wide", "inputs"])
 def test_programs_move_every_level(program: str) -> None:
     """Equality above is not that of untouched parameters: every level's tensors change."""
     before = parameters(build(program, 0, 1, "default"))
@@ -80,9 +130,10 @@ def test_sama_preconditioner_matters() -> None:
 
 @pytest.mark.distributed
 def test_checkpoint_under_data_parallelism_resumes_bit_exactly(tmp_path) -> None:
-    """DDP (periodic checkpoints, ``resume=True``) and ZeRO (``save``/``load``): ``N`` steps in
-    one go equal ``N/2`` steps, a checkpoint, and ``N/2`` more in a new world of processes --
-    parameters and optimizer state (ZeRO: each rank's shard) ``torch.equal`` on both ranks.
+    """DDP and FSDP2 (periodic checkpoints, ``resume=True``) and ZeRO (``save``/``load``): ``N``
+    steps in one go equal ``N/2`` steps, a checkpoint, and ``N/2`` more in a new world of
+    processes -- parameters and optimizer state (ZeRO: each rank's shard) ``torch.equal`` on
+    both ranks.
     The program draws noise from each rank's own RNG and saves inside an accumulation window.
     """
     for phase in ("first", "second"):
@@ -92,15 +143,17 @@ def test_checkpoint_under_data_parallelism_resumes_bit_exactly(tmp_path) -> None
             args=(WORLD, init, phase, CHECKPOINT_STEPS, str(tmp_path)),
             nprocs=WORLD,
         )
-    assert sorted(p.name for p in (tmp_path / "ckpt-ddp").iterdir()) == ["step-000000005.pt"]
-    for strategy in ("ddp", "zero"):
+    for strategy, program in CHECKPOINT_RUNS:
+        if strategy != "zero":
+            saved = [p.name for p in (tmp_path / f"ckpt-{strategy}-{program}").iterdir()]
+            assert saved == ["step-000000005.pt"]
         for rank in range(WORLD):
-            whole = torch.load(tmp_path / f"whole-{strategy}-rank{rank}.pt")
-            resumed = torch.load(tmp_path / f"resumed-{strategy}-rank{rank}.pt")
+            whole = torch.load(tmp_path / f"whole-{strategy}-{program}-rank{rank}.pt")
+            resumed = torch.load(tmp_path / f"resumed-{strategy}-{program}-rank{rank}.pt")
             assert whole.keys() == resumed.keys()
             assert any(".opt." in k for k in whole), strategy
             for k in whole:
-                assert torch.equal(whole[k], resumed[k]), (strategy, rank, k)
+                assert torch.equal(whole[k], resumed[k]), (strategy, program, rank, k)
 
 
 def _second_order_program(strategy: str, lower_config: Config) -> None:
@@ -132,11 +185,6 @@ def test_fsdp_rejects_second_order_methods_before_sharding(kind: str) -> None:
     with pytest.raises(ValueError, match=r"problem 'low'.*second-order.*darts.*strategy='ddp'"):
         _second_order_program("fsdp", Config(type=kind))
     assert not dist.is_initialized()
-
-
-def test_fsdp_first_order_levels_are_not_sharded_yet() -> None:
-    with pytest.raises(ValueError, match="not implemented yet"):
-        _second_order_program("fsdp", Config(type="darts"))
 
 
 def test_distributed_rejects_unrolled_levels() -> None:
@@ -201,7 +249,7 @@ def test_importing_ziggurat_keeps_optimizers_from_pinning_the_process_group(tmp_
 import sys
 import torch, torch.distributed as dist
 import ziggurat
-dist.init_process_group("gloo", init_method="file://{tmp_path / 'init'}", rank=0, world_size=1)
+dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
 before = sys.getrefcount(dist.group.WORLD)
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 print(sys.getrefcount(dist.group.WORLD) - before)
@@ -212,3 +260,53 @@ dist.destroy_process_group()
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0"]
+
+
+FSDP_REFUSALS = """
+import torch, torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from ziggurat import Engine
+from ziggurat.configs import Config, EngineConfig
+from ziggurat.problems import ImplicitProblem
+
+class Up(ImplicitProblem):
+    def training_step(self, batch):
+        return self.low(torch.ones(1, 2)).sum()
+
+class Low(ImplicitProblem):
+    def training_step(self, batch):
+        return (self.module(torch.ones(1, 2)) - self.up.module.weight.sum()).pow(2).sum()
+
+def attempt(low_module, low_opt):
+    up_module = nn.Linear(2, 1)
+    up = Up("up", module=up_module, optimizer=torch.optim.SGD(up_module.parameters(), lr=0.1))
+    low = Low("low", module=low_module, optimizer=low_opt, config=Config(type="darts"))
+    try:
+        Engine([up, low], EngineConfig(strategy="fsdp"), {"u2l": {up: [low]}, "l2u": {low: [up]}})
+    except ValueError as err:
+        print(err)
+
+dist.init_process_group("gloo", init_method="file://INIT", rank=0, world_size=1)
+blocks = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+fully_shard(blocks[0])
+attempt(blocks, torch.optim.SGD(blocks.parameters(), lr=0.1))
+used = nn.Linear(2, 1)
+opt = torch.optim.Adam(used.parameters(), lr=0.1)
+used(torch.ones(1, 2)).sum().backward()
+opt.step()
+attempt(used, opt)
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_refuses_presharded_modules_and_optimizer_state(tmp_path) -> None:
+    script = FSDP_REFUSALS.replace("INIT", str(tmp_path / "init"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    assert "problem 'low'" in lines[0] and "already sharded with fully_shard" in lines[0]
+    assert "problem 'low'" in lines[1] and "optimizer already holds state" in lines[1]

@@ -36,6 +36,7 @@ from .. import _tree
 from ..optim import OptState
 from ..problems import IterativeProblem, Problem
 from ..problems._data import to_device
+from . import _sharding
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -117,18 +118,27 @@ def rank_value(problem: Problem, key: str) -> Any:
     if key == "loaders":
         return [ld.state_dict() for ld in problem._loaders]
     if key == "grads":
-        return {} if isinstance(problem, IterativeProblem) else _grads(problem)
+        if isinstance(problem, IterativeProblem):
+            return {}
+        return _sharding.gather(_grads(problem)) if problem.sharded else _grads(problem)
     assert key == "window"
     return [] if problem._window_closed else list(problem._window)
 
 
+def _module_and_optimizer(problem: Problem) -> dict[str, Any]:
+    assert problem.module is not None and problem.optimizer is not None
+    if problem.sharded:  # full tensors, so the file is the same as an unsharded run's
+        return _sharding.full_state(problem.module, problem.optimizer)
+    return {"module": problem.module.state_dict(), "optimizer": problem.optimizer.state_dict()}
+
+
 def problem_state(problem: Problem) -> dict[str, Any]:
+    """One problem's state; a collective for an FSDP2-sharded problem (every rank calls it)."""
     assert problem.module is not None and problem.optimizer is not None
     iterative = isinstance(problem, IterativeProblem)
-    return {
+    state = {
         "kind": type(problem).__name__,
-        "module": problem.module.state_dict(),
-        "optimizer": problem.optimizer.state_dict(),
+        **_module_and_optimizer(problem),
         "scheduler": None if problem.scheduler is None else problem.scheduler.state_dict(),
         "scaler": None if problem.scaler is None else problem.scaler.state_dict(),
         "count": problem._count,
@@ -142,6 +152,7 @@ def problem_state(problem: Problem) -> dict[str, Any]:
         "iterative": _iterative_state(problem) if isinstance(problem, IterativeProblem) else None,
         **{key: rank_value(problem, key) for key in RANK_KEYS},
     }
+    return _sharding.gather(state) if problem.sharded else state
 
 
 def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
@@ -150,8 +161,12 @@ def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
         k: v if k in ("module", "optimizer") else to_device(v, problem.device)
         for k, v in state.items()
     }
-    problem.module.load_state_dict(state["module"])
-    problem.optimizer.load_state_dict(state["optimizer"])
+    if problem.sharded:
+        _sharding.load_full_state(problem.module, problem.optimizer, state)
+        state = _sharded_entries(problem, state)
+    else:
+        problem.module.load_state_dict(state["module"])
+        problem.optimizer.load_state_dict(state["optimizer"])
     if problem.scheduler is not None:
         problem.scheduler.load_state_dict(state["scheduler"])
     if problem.scaler is not None and state["scaler"] is not None:
@@ -174,6 +189,20 @@ def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
         problem._opt_state = OptState(int(it["opt_step"]), it["opt_buffers"])
         problem._pending = it["pending"]
         problem._sync_module()
+
+
+def _sharded_entries(problem: Problem, state: dict[str, Any]) -> dict[str, Any]:
+    """``state``'s full tensors of parameter-shaped entries cut into this rank's shards."""
+    assert problem.module is not None
+    params = problem.named_trainable_parameters()
+    out = dict(state)
+    out["grads"] = _sharding.scatter_like(state["grads"], params)
+    if state["last_grads"] is not None:
+        out["last_grads"] = _sharding.scatter_like(state["last_grads"], params)
+    out["warm_starts"] = [[k, _sharding.scatter_like(v, params)] for k, v in state["warm_starts"]]
+    if state["cache"] is not None:
+        out["cache"] = _sharding.scatter_cache(problem, state["cache"])
+    return out
 
 
 # ---------------------------------------------------------------------- engine

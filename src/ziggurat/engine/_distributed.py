@@ -8,6 +8,7 @@ unconditionally, so the single-process path has no distributed branches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from ..hypergradient import FirstOrder, Implicit, Method, MixedFiniteDifference,
 from ..hypergradient._data_parallel import data_parallel
 from ..linalg._identity import Identity
 from ..problems import Problem
+from ._sharding import is_sharded, repoint_scheduler, shard
 
 DISTRIBUTED_STRATEGIES = ("ddp", "zero", "fsdp")
 
@@ -37,10 +39,9 @@ def _import_sharded_tensor_before_any_group() -> None:
     """
     if not dist.is_available() or dist.is_initialized():
         return
-    try:
+    # a torch without this private module has nothing to guard against
+    with contextlib.suppress(ImportError):
         import torch.distributed._shard.sharded_tensor  # noqa: F401
-    except ImportError:  # a torch without this private module has nothing to guard against
-        pass
 
 
 _import_sharded_tensor_before_any_group()
@@ -53,6 +54,7 @@ class SingleProcess:
     world_size = 1
     is_main = True
     strategy = "single"
+    validates_on_every_rank = False
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -153,7 +155,8 @@ class DataParallelGroup(SingleProcess):
     def broadcast_module(self, module: nn.Module) -> None:
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
+                if not is_sharded(t):  # a module sharded by the user: each rank has its shard
+                    dist.broadcast(t.data, src=0)
 
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
@@ -176,6 +179,28 @@ class DataParallelGroup(SingleProcess):
         dist.barrier()
 
 
+class ShardedDataParallel(DataParallelGroup):
+    """``strategy="fsdp"``: data parallelism with the lowest levels sharded by FSDP2.
+
+    A sharded level's gradients (and hence the cotangents taken on it) are averaged by FSDP2's
+    reduce-scatter already, so :meth:`average` and :meth:`average_grads` pass DTensors through
+    and average the replicated rest. Forward passes through a sharded module are collectives,
+    so validation runs on every rank (rank 0's values are used).
+    """
+
+    validates_on_every_rank = True
+
+    def average(self, tree: Params) -> Params:
+        replicated = {k: t for k, t in tree.items() if not is_sharded(t)}
+        if len(replicated) == len(tree):
+            return super().average(tree)
+        averaged = super().average(replicated)
+        return {k: averaged.get(k, t) for k, t in tree.items()}
+
+    def average_grads(self, params: Iterable[Tensor]) -> None:
+        super().average_grads(p for p in params if not is_sharded(p))
+
+
 def _flat(tree: Params) -> Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tree.values()])
 
@@ -190,6 +215,8 @@ def _unflat(flat: Tensor, like: Params) -> Params:
 
 def make_group(strategy: str, backend: str | None, device: torch.device) -> SingleProcess:
     """The strategy object for ``EngineConfig(strategy=..., backend=...)``."""
+    if strategy == "fsdp":
+        return ShardedDataParallel(strategy, backend)
     if strategy in DISTRIBUTED_STRATEGIES:
         return DataParallelGroup(strategy, backend)
     return SingleProcess(device)
@@ -210,10 +237,13 @@ def first_order_only(method: Method) -> bool:
     )
 
 
-def check_strategy(strategy: str, problems: Sequence[Problem], lowers: set[str]) -> None:
+def check_strategy(
+    strategy: str, problems: Sequence[Problem], leaves: set[str], lowers: set[str]
+) -> None:
     """Reject, before any process group exists, programs a distributed strategy cannot run.
 
-    ``lowers`` names the problems that are the lower level of some hop (they have upper levels).
+    ``leaves`` names the lowest levels (no lower levels), which ``strategy="fsdp"`` shards;
+    ``lowers`` names the levels that are the lower level of some hop (they have uppers).
     """
     if strategy not in DISTRIBUTED_STRATEGIES:
         return
@@ -227,7 +257,7 @@ def check_strategy(strategy: str, problems: Sequence[Problem], lowers: set[str])
     if strategy != "fsdp":
         return
     for p in problems:
-        if p.name not in lowers:
+        if p.name not in leaves or p.name not in lowers:
             continue
         method = p.config.method()
         if not first_order_only(method):
@@ -239,21 +269,18 @@ def check_strategy(strategy: str, problems: Sequence[Problem], lowers: set[str])
                 "method on this level (Config(type='darts'), 'sama' or 'first_order'), or "
                 "strategy='ddp'"
             )
-    raise ValueError(
-        "strategy='fsdp': sharding first-order levels with FSDP2 (fully_shard) is not "
-        "implemented yet (pure losses substitute parameters with torch.func.functional_call, "
-        "which FSDP2's unsharding hooks would override). Use strategy='ddp', or 'zero' to "
-        "shard optimizer state"
-    )
 
 
 def prepare_problems(group: SingleProcess, problems: Sequence[Problem]) -> None:
-    """Make every rank start from rank 0's parameters; wrap optimizers for ZeRO."""
+    """Make every rank start from rank 0's parameters; wrap optimizers for ZeRO; shard the
+    lowest levels for FSDP2 (see ``_sharding``)."""
     for p in problems:
         assert p.module is not None
         group.broadcast_module(p.module)
         if group.strategy == "zero":
             wrap_zero(p)
+        if group.strategy == "fsdp" and p.leaf:
+            shard(p)
 
 
 def wrap_zero(problem: Problem) -> None:
@@ -277,8 +304,7 @@ def wrap_zero(problem: Problem) -> None:
     )
     for g in groups[1:]:
         zero.add_param_group(g)
-    if problem.scheduler is not None and hasattr(problem.scheduler, "optimizer"):
-        problem.scheduler.optimizer = zero
+    repoint_scheduler(problem.scheduler, zero)
     problem.optimizer = zero
 
 

@@ -60,7 +60,7 @@ class Engine:
                     f"problem name {name!r} clashes with an Engine attribute; rename it"
                 )
         lowers = {n for n, ups in self.graph.uppers.items() if ups}
-        check_strategy(self.config.strategy, self.problems, lowers)
+        check_strategy(self.config.strategy, self.problems, set(self.graph.leaves), lowers)
         self.distributed: SingleProcess = make_group(
             self.config.strategy, self.config.backend, self._pick_device()
         )
@@ -180,7 +180,8 @@ class Engine:
 
     def do_validation(self) -> dict[str, float] | None:
         """Validate on the main rank; every rank learns its early-stopping decision."""
-        values = self._validate() if self.distributed.is_main else None
+        group = self.distributed
+        values = self._validate() if group.is_main or group.validates_on_every_rank else None
         # every rank steps its plateau schedulers on rank 0's values, so learning rates agree
         values = self.distributed.broadcast_object(values)
         if values is not None:
@@ -235,7 +236,10 @@ class Engine:
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, source: str, values: Mapping[str, float], step: int) -> None:
-        """A console line through the ``ziggurat`` logger, and the scalars to the backend."""
+        """A console line through the ``ziggurat`` logger, and the scalars to the backend
+        (on rank 0 only under data parallelism)."""
+        if not self.distributed.is_main:
+            return
         text = " || ".join(f"{k}: {v:.6g}" for k, v in values.items())
         log.info("[%s] [global step %d] %s", source, step, text)
         self._run.logger().log(source, values, step)

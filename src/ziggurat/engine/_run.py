@@ -31,9 +31,12 @@ class RunServices:
         self.run_name = engine.config.run_name or time.strftime("%Y%m%d-%H%M%S")
 
     def logger(self) -> MetricLogger:
+        """The metrics backend; under data parallelism only rank 0 writes (others: none)."""
         if self._logger is None:
             cfg = self.engine.config
-            self._logger = make_logger(cfg.logger_type, cfg.log_dir, self.run_name, cfg.to_dict())
+            main = self.engine.distributed.is_main
+            kind = cfg.logger_type if main else "none"
+            self._logger = make_logger(kind, cfg.log_dir, self.run_name, cfg.to_dict())
         return self._logger
 
     @contextlib.contextmanager
@@ -41,7 +44,7 @@ class RunServices:
         """Open the logger and progress bar for one ``Engine.run``; close both afterwards."""
         cfg = self.engine.config
         self.logger()
-        if cfg.progress:
+        if cfg.progress and self.engine.distributed.is_main:
             self._progress = Progress(cfg.train_iters, self.engine.global_step)
         try:
             yield
@@ -84,7 +87,7 @@ class RunServices:
             methods.append(info.method)
         step = problem.count if problem.config.log_local_step else self.engine.global_step
         every = problem.config.log_step
-        if every > 0 and problem.count % every == 0:
+        if every > 0 and problem.count % every == 0 and self.engine.distributed.is_main:
             log.info(
                 "[%s/hypergradient] [global step %d] methods: %s || %s",
                 problem.name,

@@ -4,7 +4,8 @@ The pure loss evaluates the lower problem's ``training_step`` on a fixed batch w
 problem's parameters replaced by ``w`` and the upper problem's by ``lam``. Module parameters are
 replaced with ``torch.func.functional_call`` on a small joint module, so ``self.module(x)`` and
 ``self.upper(x)`` inside ``training_step`` both see the substituted tensors; problems that hold
-their parameters as a dict (``IterativeProblem``) have that dict swapped for the call.
+their parameters as a dict (``IterativeProblem``) have that dict swapped for the call, and
+FSDP2-sharded modules have their parameter values overwritten for the call and restored.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _module(problem: Problem) -> nn.Module:
 
 def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Params]]) -> Tensor:
     """Run ``fn`` with each problem's parameters replaced by the given tensors."""
-    modular = [(p, t) for p, t in values if p.params_live_in_module]
-    swapped = [(p, t) for p, t in values if not p.params_live_in_module]
+    modular = [(p, t) for p, t in values if not p.swaps_params]
+    swapped = [(p, t) for p, t in values if p.swaps_params]
     joint = _Joint({f"p{i}": _module(p) for i, (p, _) in enumerate(modular)})
     flat = {f"parts.p{i}.{k}": v for i, (_, t) in enumerate(modular) for k, v in t.items()}
     # buffers (e.g. batch-norm running statistics) are copied, so that evaluating a pure loss

@@ -44,13 +44,42 @@ def _direct(
         p.named_trainable_parameters() for p in firsts
     ]
     inputs = [t for g in groups for t in g.values()]
-    retain = problem.engine is not None and problem.engine.has_unrolled
-    raw = (
-        torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain) if inputs else ()
-    )
+    if any(p.sharded for p in (problem, *firsts)):
+        raw: tuple[Tensor | None, ...] = _backward(problem, loss, inputs)
+    else:
+        retain = problem.engine is not None and problem.engine.has_unrolled
+        raw = (
+            torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
+            if inputs
+            else ()
+        )
     filled = iter(torch.zeros_like(t) if g is None else g for g, t in zip(raw, inputs, strict=True))
     trees = [{k: next(filled) for k in g} for g in groups]
     return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}
+
+
+def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """Gradients of ``loss`` on ``inputs`` by ``loss.backward()``, leaving every ``.grad`` as
+    it was.
+
+    FSDP2 delivers a sharded parameter's gradient only through ``.grad`` (its reduce-scatter
+    runs in backward hooks; ``torch.autograd.grad`` never sees the sharded tensors). The
+    gradients already held by every problem's parameters (an open accumulation window) are
+    set aside for the pass and put back after it, so the one place that writes gradients
+    stays :meth:`Problem._apply_gradients`.
+    """
+    problems = problem.engine.problems if problem.engine is not None else [problem]
+    held = {id(t): t for p in problems for t in p.trainable_parameters()}
+    held.update({id(t): t for t in inputs})
+    saved = {key: t.grad for key, t in held.items()}
+    for t in held.values():
+        t.grad = None
+    try:
+        loss.backward()
+        return tuple(t.grad for t in inputs)
+    finally:
+        for key, t in held.items():
+            t.grad = saved[key]
 
 
 def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop], list[HopKey]]:

@@ -113,6 +113,7 @@ class Problem:
         self.last_hypergradient_norm: float = math.nan
         self._window: list[Any] = []  # batches of the current accumulation window
         self._window_closed = True
+        self._shards: Params | None = None  # FSDP2-sharded parameters (strategy="fsdp")
 
     # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any) -> Tensor | dict[str, Any]:
@@ -221,8 +222,24 @@ class Problem:
     # ------------------------------------------------------------------ parameters
     def named_trainable_parameters(self) -> Params:
         """This level's trainable tensors, by name (what its optimizer updates)."""
+        if self._shards is not None:
+            return dict(self._shards)
         assert self.module is not None
         return {k: p for k, p in self.module.named_parameters() if p.requires_grad}
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the engine sharded this level's module with FSDP2 (``strategy="fsdp"``)."""
+        return self._shards is not None
+
+    def use_shards(self, shards: Params) -> None:
+        """Make ``shards`` (the module's FSDP2-sharded parameters, DTensors) this level's
+        trainable tensors.
+
+        They are kept here because, between a forward pass and the end of its backward pass,
+        the module's own attributes hold the unsharded (all-gathered) parameters instead.
+        """
+        self._shards = {k: p for k, p in shards.items() if p.requires_grad}
 
     def trainable_parameters(self) -> list[Tensor]:
         return list(self.named_trainable_parameters().values())
@@ -231,9 +248,32 @@ class Problem:
         assert self.module is not None
         return list(self.module.parameters())
 
+    @property
+    def swaps_params(self) -> bool:
+        """Whether pure evaluations put values in with :meth:`swap_params` instead of
+        substituting them through ``torch.func.functional_call``.
+
+        True for dict-held parameters (``IterativeProblem``) and for FSDP2-sharded modules,
+        whose unsharding hooks would override a functional substitution.
+        """
+        return not self.params_live_in_module or self.sharded
+
     def swap_params(self, new: Params) -> Params:
-        """Replace the parameter dict for a pure evaluation (dict-held parameters only)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
+        """Put ``new`` in place of this level's parameters for a pure evaluation; return the
+        values to put back.
+
+        A sharded module's parameters (DTensors) are overwritten in place, without autograd:
+        only first-order methods run on sharded levels, and they never differentiate a pure
+        loss with respect to its ``w``.
+        """
+        if not self.sharded:
+            raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
+        live = self.named_trainable_parameters()
+        with torch.no_grad():
+            old = {k: live[k].detach().clone() for k in new}
+            for k, t in new.items():
+                live[k].copy_(t)
+        return old
 
     # ------------------------------------------------------------------ setup
     def initialize(self, engine: Engine) -> None:
