@@ -54,7 +54,7 @@ def _loader(x, y, batch: int, rank: int, world: int, seed: int):
     return out
 
 
-def build(batch: int, iters: int, rank: int, world: int) -> Engine:
+def build(batch: int, iters: int, rank: int, world: int, strategy: str = "ddp") -> Engine:
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target)
@@ -75,7 +75,7 @@ def build(batch: int, iters: int, rank: int, world: int) -> Engine:
         optimizer=torch.optim.Adam(wnet.parameters(), lr=1e-3),
         train_data_loader=_loader(x[1400:], y[1400:], batch, rank, world, 2),
     )
-    strategy = "ddp" if world > 1 else "default"
+    strategy = strategy if world > 1 else "default"
     return Engine(
         problems=[classifier, weights],
         config=EngineConfig(train_iters=iters, valid_step=0, strategy=strategy),
@@ -83,16 +83,21 @@ def build(batch: int, iters: int, rank: int, world: int) -> Engine:
     )
 
 
-def measure(rank: int, world: int, batch: int, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds per global step and the share of the timed steps spent all-reducing."""
-    engine = build(batch, warmup + steps, rank, world)
+def measure(
+    rank: int, world: int, batch: int, steps: int, warmup: int, strategy: str = "ddp"
+) -> tuple[float, float]:
+    """Median seconds per global step and the share of the timed steps spent all-reducing
+    (the engine's own all-reduces: FSDP2's all-gathers and reduce-scatters are not counted)."""
+    engine = build(batch, warmup + steps, rank, world, strategy)
     for _ in range(warmup):
+        engine.global_step += 1
         engine.train_step()
     group = engine.distributed
     group.comm_seconds = 0.0
     times = []
     for _ in range(steps):
         start = time.perf_counter()
+        engine.global_step += 1
         engine.train_step()
         times.append(time.perf_counter() - start)
     return statistics.median(times), group.comm_seconds / sum(times)
@@ -102,7 +107,7 @@ def _worker(rank: int, world: int, init: str, args: argparse.Namespace, out: str
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        step, comm = measure(rank, world, args.batch, args.steps, args.warmup)
+        step, comm = measure(rank, world, args.batch, args.steps, args.warmup, args.strategy)
         torch.save((step, comm), os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -125,17 +130,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    parser.add_argument("--strategy", choices=["ddp", "zero", "fsdp"], default="ddp")
     args = parser.parse_args()
-    print("| processes | global batch | ms / step | speed-up | efficiency | all-reduce share |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| strategy | processes | global batch | ms / step | speed-up | efficiency "
+        "| all-reduce share |"
+    )
+    print("|---|---|---|---|---|---|---|")
     base = None
     for world in args.world:
         step, comm = run_world(world, args)
         base = step if base is None else base
         speedup = base / step
         print(
-            f"| {world} | {args.batch} | {1e3 * step:.1f} | {speedup:.2f}x | "
-            f"{speedup / world:.0%} | {comm:.1%} |"
+            f"| {args.strategy if world > 1 else 'single'} | {world} | {args.batch} | "
+            f"{1e3 * step:.1f} | {speedup:.2f}x | {speedup / world:.0%} | {comm:.1%} |"
         )
 
 

@@ -277,15 +277,14 @@ def _checkpoint_phase(
 ) -> None:
     ckpt_dir = os.path.join(out, f"ckpt-{strategy}-{program}")
     periodic = {"checkpoint_dir": ckpt_dir} if strategy != "zero" else {}
+    every = {"checkpoint_step": steps // 2, **periodic} if periodic else {}
     name = f"{strategy}-{program}-rank{rank}.pt"
     if phase == "first":
         whole = build(program, rank, world, strategy, steps)
         torch.manual_seed(1000 + rank)
         whole.run()
         torch.save(tensors(whole), os.path.join(out, f"whole-{name}"))
-        half = build(
-            program, rank, world, strategy, steps // 2, checkpoint_step=steps // 2, **periodic
-        )
+        half = build(program, rank, world, strategy, steps // 2, **every)
         torch.manual_seed(1000 + rank)
         half.run()
         if strategy == "zero":

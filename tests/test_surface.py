@@ -372,3 +372,29 @@ def test_env_reaches_problems_and_drives_batches_from_train_step() -> None:
     assert env.learner is learner and env.device == engine.device and learner.env is env
     engine.run()
     assert env.task == 3.0 and float(learner.cur_batch[0, 0]) == 3.0
+
+
+def test_betty_style_train_step_override_that_steps_the_leaves_itself() -> None:
+    """Betty's iMAML example overrides ``train_step`` and steps the leaves directly, without
+    ``super()``; ``run`` must still count iterations (it once looped forever)."""
+    seen = []
+
+    class Learner(ImplicitProblem):
+        def training_step(self, batch):
+            return self.module(torch.ones(1, 1)).pow(2).sum()
+
+    class OwnLoop(Engine):
+        def train_step(self):
+            seen.append(self.global_step)
+            for leaf in self.leaves:
+                leaf.step(global_step=self.global_step)
+
+    module = nn.Linear(1, 1)
+    learner = Learner(
+        name="learner",
+        module=module,
+        optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        train_data_loader=[None],
+    )
+    OwnLoop([learner], EngineConfig(train_iters=3, valid_step=0)).run()
+    assert seen == [1, 2, 3] and learner.count == 3

@@ -205,6 +205,31 @@ def test_console_lines_and_progress_bar(caplog, capsys):
     assert "4/4" in err and "lower=" in err and "upper=" in err
 
 
+def test_defaults_print_console_lines_without_a_bar_off_a_terminal(caplog, capsys):
+    """By default the console logger is on (a stderr handler on the ``ziggurat`` logger at
+    INFO) and the bar is drawn only on a terminal; ``logger_type="none"`` adds nothing."""
+    import ziggurat.logging._backends as backends
+
+    caplog.set_level(logging.INFO, logger="ziggurat")
+    handlers = list(backends.log.handlers)
+    backends.log.handlers.clear()
+    try:
+        engine, _, _ = program(train_iters=4, series=SERIES, valid_step=2)
+        assert engine.config.logger_type == "console" and engine.config.progress is None
+        engine.run()
+        added = [h for h in backends.log.handlers if isinstance(h, logging.StreamHandler)]
+        assert len(added) == 1
+    finally:
+        backends.log.handlers[:] = handlers
+    lines = [r.getMessage() for r in caplog.records if r.name == "ziggurat"]
+    assert any(m.startswith("[validation] [global step 4] acc: 0.5") for m in lines)
+    assert "4/4" not in capsys.readouterr().err  # stderr is not a terminal under pytest
+    with pytest.raises(ValueError, match="checkpoint_step=3 needs checkpoint_dir"):
+        EngineConfig(checkpoint_step=3)
+    with pytest.raises(ValueError, match="progress must be True, False or None"):
+        EngineConfig(progress=1)
+
+
 def logged_program(tmp_path, logger_type, **extra):
     return program(
         train_iters=4,

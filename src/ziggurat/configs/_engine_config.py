@@ -22,12 +22,17 @@ class EngineConfig:
     period of ``Engine.validation()`` in global steps; ``0`` or a negative value disables it.
     ``plateau_metric`` is the validation-dict key fed to ``ReduceLROnPlateau`` schedulers after
     each validation (default: ``early_stopping_metric``).
+    ``logger_type``: ``"console"`` (the default) prints INFO lines at each problem's
+    ``log_step`` and after each validation; ``"tensorboard"``, ``"wandb"`` and ``"mlflow"``
+    also write the scalars to that backend; ``"none"`` is silent. ``progress``: ``True`` draws a
+    tqdm bar (step, rate, latest losses), ``False`` does not, ``None`` (the default) draws it
+    when tqdm is installed and stderr is a terminal.
     Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
     """
 
     train_iters: int = 50000
     valid_step: int = 500
-    logger_type: str = "none"
+    logger_type: str = "console"
     log_dir: str = "runs"
     run_name: str | None = None
     roll_back: bool = False
@@ -41,7 +46,7 @@ class EngineConfig:
     checkpoint_dir: str | None = None
     checkpoint_step: int = 0
     resume: bool = False
-    progress: bool = False
+    progress: bool | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:
@@ -63,6 +68,15 @@ class EngineConfig:
             "EngineConfig early_stopping_tolerance", self.early_stopping_tolerance, 1
         )
         _checks.int_at_least("EngineConfig checkpoint_step", self.checkpoint_step, 0)
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(
+                f"EngineConfig progress must be True, False or None, got {self.progress!r}"
+            )
+        if self.checkpoint_step > 0 and not self.checkpoint_dir:
+            raise ValueError(
+                f"EngineConfig checkpoint_step={self.checkpoint_step} needs checkpoint_dir (where "
+                "to write the checkpoints)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -125,6 +125,7 @@ class Engine:
         last = None
         with self._run.session():
             while self.global_step < self.config.train_iters and not self.stopped_early:
+                self.global_step += 1  # here, not in train_step: overrides need not count
                 self.train_step()
                 if self._validation_due():
                     last = self.do_validation()
@@ -165,8 +166,9 @@ class Engine:
         _checkpoint.load_engine_state(self, state)
 
     def train_step(self) -> None:
-        """One iteration: step every lowest problem (uppers follow when their turn comes)."""
-        self.global_step += 1
+        """One iteration at ``self.global_step``: step every lowest problem (uppers follow when
+        their turn comes). ``run`` advances ``global_step`` before each call, as Betty does, so
+        an override (e.g. one that steps an environment first) only calls ``super()``."""
         for leaf in self.leaves:
             leaf.step(self.global_step)
 

@@ -4,8 +4,10 @@ resuming, and metric-driven schedulers."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -44,7 +46,7 @@ class RunServices:
         """Open the logger and progress bar for one ``Engine.run``; close both afterwards."""
         cfg = self.engine.config
         self.logger()
-        if cfg.progress and self.engine.distributed.is_main:
+        if _wants_progress(cfg.progress) and self.engine.distributed.is_main:
             self._progress = Progress(cfg.train_iters, self.engine.global_step)
         try:
             yield
@@ -96,6 +98,13 @@ class RunServices:
                 values,
             )
         self.logger().log(f"{problem.name}/hypergradient", values, step)
+
+
+def _wants_progress(setting: bool | None) -> bool:
+    """``EngineConfig.progress``: ``None`` means a bar when tqdm is there and stderr is a tty."""
+    if setting is not None:
+        return setting
+    return importlib.util.find_spec("tqdm") is not None and sys.stderr.isatty()
 
 
 def check_plateau_schedulers(engine: Engine) -> None:

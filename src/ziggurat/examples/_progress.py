@@ -18,6 +18,7 @@ class ProgressEngine(Engine):
         self._progress = progress
         self._desc = desc
         super().__init__(*args, **kwargs)
+        self.config.progress = False  # this engine draws its own bar
 
     def run(self) -> dict[str, float] | None:
         if not self._progress:

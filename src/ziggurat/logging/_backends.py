@@ -129,8 +129,11 @@ def _console() -> None:
 def make_logger(
     logger_type: str, log_dir: str, run_name: str, config: Mapping[str, Any]
 ) -> MetricLogger:
-    """The logger for ``EngineConfig.logger_type``; ``config`` is recorded where supported."""
-    if logger_type == "console":
+    """The logger for ``EngineConfig.logger_type``; ``config`` is recorded where supported.
+
+    Every type but ``"none"`` shows the console lines too.
+    """
+    if logger_type != "none":
         _console()
     if logger_type in ("none", "console"):
         return MetricLogger()
