@@ -19,9 +19,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._types import Params
-from ..hypergradient import FirstOrder, Implicit, Method, MixedFiniteDifference, Sama
+from ..hypergradient import Method, first_order_only
 from ..hypergradient._data_parallel import data_parallel
-from ..linalg._identity import Identity
 from ..problems import Problem
 from ._sharding import is_sharded, repoint_scheduler, shard
 
@@ -220,21 +219,6 @@ def make_group(strategy: str, backend: str | None, device: torch.device) -> Sing
     if strategy in DISTRIBUTED_STRATEGIES:
         return DataParallelGroup(strategy, backend)
     return SingleProcess(device)
-
-
-def first_order_only(method: Method) -> bool:
-    """Whether ``method`` needs only gradients (no second-order autograd).
-
-    DARTS (identity solver, finite-difference mixed product), SAMA and first-order qualify;
-    every solver that takes Hessian-vector products, and double-backward mixed products, do not.
-    """
-    if isinstance(method, (FirstOrder, Sama)):
-        return True
-    return (
-        isinstance(method, Implicit)
-        and isinstance(method.solver, Identity)
-        and isinstance(method.mixed, MixedFiniteDifference)
-    )
 
 
 def check_strategy(

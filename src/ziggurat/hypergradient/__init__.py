@@ -39,5 +39,7 @@ from ._sampling import RandomBatches as RandomBatches
 from ._sampling import random_batches as random_batches
 from ._stochastic import Stochastic as Stochastic
 from ._stochastic import averaged as averaged
+from ._traits import first_order_only as first_order_only
+from ._traits import uses_finite_differences as uses_finite_differences
 from ._unrolled import Unrolled as Unrolled
 from ._unrolled import unroll as unroll

@@ -63,20 +63,30 @@ def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Param
     return out
 
 
-def pure_loss(lower: Problem, upper: Problem, batch: Any) -> InnerLoss:
-    """``f(w, lam)``: ``lower``'s loss on ``batch`` at parameters ``w`` and upper ``lam``."""
+def pure_loss(
+    lower: Problem, upper: Problem, batch: Any, full_precision: bool = False
+) -> InnerLoss:
+    """``f(w, lam)``: ``lower``'s loss on ``batch`` at parameters ``w`` and upper ``lam``.
+
+    ``full_precision`` evaluates ``training_step`` without the problem's reduced-precision
+    autocast (for methods that perturb ``w``; see ``hypergradient.uses_finite_differences``).
+    """
 
     def inner(w: Params, lam: Params) -> Tensor:
-        return substituted_call(lambda: lower.loss_of(batch), [(lower, w), (upper, lam)])
+        return substituted_call(
+            lambda: lower.loss_of(batch, full_precision), [(lower, w), (upper, lam)]
+        )
 
     return inner
 
 
-def pure_mean_loss(lower: Problem, upper: Problem, batches: list[Any]) -> InnerLoss:
+def pure_mean_loss(
+    lower: Problem, upper: Problem, batches: list[Any], full_precision: bool = False
+) -> InnerLoss:
     """``f(w, lam)``: the mean of ``lower``'s loss over ``batches`` (an accumulation window)."""
     if len(batches) == 1:
-        return pure_loss(lower, upper, batches[0])
-    parts = [pure_loss(lower, upper, b) for b in batches]
+        return pure_loss(lower, upper, batches[0], full_precision)
+    parts = [pure_loss(lower, upper, b, full_precision) for b in batches]
 
     def inner(w: Params, lam: Params) -> Tensor:
         return torch.stack([f(w, lam) for f in parts]).mean()

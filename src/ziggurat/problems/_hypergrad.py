@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _tree
 from .._types import Params
-from ..hypergradient import Hop, fold
+from ..hypergradient import Hop, fold, uses_finite_differences
 from ._functional import pure_mean_loss
 
 if TYPE_CHECKING:
@@ -89,9 +89,12 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         method = lower.hop_method()
         key = (problem.name, index, j)
         context = lower.hop_context(method, key)
+        # a bf16 forward would round away the perturbations of finite differences
+        inner = pure_mean_loss(
+            lower, upper, lower.hop_batches(), full_precision=uses_finite_differences(method)
+        )
         if problem.engine is not None:  # data-parallel ranks: global-batch products
             method = problem.engine.distributed.wrap_method(method)
-        inner = pure_mean_loss(lower, upper, lower.hop_batches())
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
         hops.append(Hop(method, inner, w, lam, context))
         keys.append(key)

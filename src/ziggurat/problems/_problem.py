@@ -354,9 +354,10 @@ class Problem:
         dtype = torch.bfloat16 if self._config.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def loss_of(self, batch: Any) -> Tensor:
-        """Run ``training_step`` and return its scalar loss, checked."""
-        with self.autocast():
+    def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor:
+        """Run ``training_step`` and return its scalar loss, checked; under this problem's
+        autocast unless ``full_precision``."""
+        with contextlib.nullcontext() if full_precision else self.autocast():
             out = self.training_step(batch)
         loss, metrics = self._split_output(out)
         self.last_metrics = metrics
