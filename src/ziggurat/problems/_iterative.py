@@ -56,6 +56,11 @@ class IterativeProblem(Problem):
     step, for evaluation. ``Config.type`` is not used: hops through this level follow its
     recorded trajectory. Only ``torch.optim`` SGD, Adam and AdamW are supported.
 
+    Gradient accumulation and ``Config.gradient_clipping`` (a differentiable global-norm clip)
+    apply as for other problems; ``grad_callback`` runs after each gradient, which it can read
+    as ``self.pending_grads``. ``precision="fp16"`` and ``custom_optimizer_step`` are refused:
+    neither fits a differentiable update.
+
     Memory grows linearly with the inner loop's length, since the graph of every step stays
     alive until the upper level reads it. Checkpointed unrolling (``O(sqrt T)`` memory) is
     available for a pure inner loss through ``hypergradient.unrolled(...,
@@ -82,6 +87,18 @@ class IterativeProblem(Problem):
         self._params_assigned = True
 
     def initialize(self, engine: Engine) -> None:
+        if self.config.precision == "fp16":
+            raise ValueError(
+                f"problem {self.name!r}: IterativeProblem cannot use precision='fp16' (a "
+                "GradScaler's skipped steps and rescaling are not differentiable updates); use "
+                "precision='bf16' or 'fp32'"
+            )
+        if type(self).custom_optimizer_step is not Problem.custom_optimizer_step:
+            raise ValueError(
+                f"problem {self.name!r}: IterativeProblem updates its parameters with the "
+                "differentiable twin of its optimizer, so custom_optimizer_step would never be "
+                "called; remove the override, or make the level an ImplicitProblem"
+            )
         super().initialize(engine)
         if self.scheduler is not None:
             raise ValueError(
@@ -129,11 +146,21 @@ class IterativeProblem(Problem):
         )
         return _tree.fill_none(grads, self._params)
 
+    @property
+    def pending_grads(self) -> Params | None:
+        """The gradients accumulated for the next update (this level has no ``.grad``): what
+        ``grad_callback`` can inspect."""
+        return self._pending
+
     def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:
+        """Accumulate, then at a boundary clip (differentiably) and take one unrolled step."""
         self._pending = grads if self._pending is None else _tree.add(self._pending, grads)
+        self.grad_callback()
         if not boundary:
             return
         assert self._fopt is not None and self._opt_state is not None
+        if self.config.gradient_clipping > 0:
+            self._pending = clip_by_global_norm(self._pending, self.config.gradient_clipping)
         self._params, self._opt_state = self._fopt.step(
             self._params, self._pending, self._opt_state
         )
@@ -155,3 +182,11 @@ class IterativeProblem(Problem):
         self._params = _tree.leaves(cache["params"])
         self._opt_state = cache["opt_state"]
         self._sync_module()
+
+
+def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
+    """``grads * min(1, max_norm / (||grads|| + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``
+    scales, but out of place and differentiable (an unrolled step's derivative includes the
+    clipping's)."""
+    coef = torch.clamp(max_norm / (_tree.norm(grads) + 1e-6), max=1.0)
+    return _tree.scale(grads, coef)
