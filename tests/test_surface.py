@@ -398,3 +398,29 @@ def test_betty_style_train_step_override_that_steps_the_leaves_itself() -> None:
     )
     OwnLoop([learner], EngineConfig(train_iters=3, valid_step=0)).run()
     assert seen == [1, 2, 3] and learner.count == 3
+
+
+def test_problem_state_dict_round_trips_module_optimizer_scheduler_and_scaler() -> None:
+    def make(lr: float, scale: float):
+        module = nn.Linear(2, 1)
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        p = ImplicitProblem(
+            name="p",
+            module=module,
+            optimizer=opt,
+            scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        )
+        p.scaler = torch.amp.GradScaler("cpu", init_scale=scale)  # as fp16 would on CUDA
+        return p
+
+    src = make(0.1, 8.0)
+    src.module(torch.ones(1, 2)).sum().backward()
+    src.optimizer.step()
+    src.scheduler.step()
+    dst = make(0.3, 1.0)
+    dst.load_state_dict(src.state_dict())
+    assert dst.scaler.get_scale() == 8.0
+    assert dst.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    for a, b in zip(src.module.parameters(), dst.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert int(dst.optimizer.state_dict()["state"][0]["step"]) == 1

@@ -561,6 +561,8 @@ class Problem:
         }
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.state_dict()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -569,6 +571,8 @@ class Problem:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r})"
