@@ -105,7 +105,7 @@ def test_nan_or_inf_loss_names_problem_and_step(value: float) -> None:
 def test_missing_training_step() -> None:
     p = make(ImplicitProblem, "plain")
     with pytest.raises(NotImplementedError, match=r"'plain'.*must define training_step"):
-        Engine(problems=[p], config=EngineConfig(train_iters=1)).run()
+        Engine(problems=[p], config=EngineConfig(train_iters=1))  # at construction
 
 
 def test_missing_module_and_optimizer() -> None:

@@ -278,6 +278,8 @@ class Problem:
     # ------------------------------------------------------------------ setup
     def initialize(self, engine: Engine) -> None:
         """Resolve components, move to the device and validate; called by the engine."""
+        if type(self).training_step is Problem.training_step:
+            self.training_step(None)  # raises the error that names the problem and the fix
         self.engine = engine
         self.device = self.device or engine.device
         if self.module is None:
