@@ -449,3 +449,39 @@ def test_iterative_problem_refuses_fp16_and_custom_optimizer_steps() -> None:
         )
         with pytest.raises(ValueError, match=match):
             Engine([p], EngineConfig(train_iters=1, valid_step=0))
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        lambda ps: torch.optim.Adam(ps, lr=0.1, betas=(0.8, 0.9)),
+        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1),
+    ],
+    ids=["sgd-nesterov", "adam", "adamw"],
+)
+def test_iterative_problem_steps_equal_its_torch_optimizer(make_opt) -> None:
+    """The unrolled level's differentiable twin takes the same steps as the torch optimizer
+    it was given (five steps on a quadratic), at engine level."""
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=D)
+
+    def program(cls):
+        class Low(cls):  # type: ignore[misc, valid-type]
+            def training_step(self, batch):
+                w = self.forward() if cls is IterativeProblem else self.module()
+                return (w - target).pow(4).sum()
+
+        module = Vec(torch.zeros(3, dtype=D))
+        low = Low(
+            name="low",
+            module=module,
+            optimizer=make_opt(module.parameters()),
+            train_data_loader=loader(),
+            config=Config(unroll_steps=5),
+        )
+        Engine([low], EngineConfig(train_iters=5, valid_step=0)).run()
+        return module.value.detach()
+
+    torch.testing.assert_close(
+        program(IterativeProblem), program(ImplicitProblem), atol=1e-12, rtol=0
+    )
