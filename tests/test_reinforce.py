@@ -8,38 +8,31 @@ from statistics import NormalDist
 import pytest
 import torch
 
+from ziggurat.analytic import BernoulliReward
 from ziggurat.hypergradient import ConstantBaseline, LeaveOneOut, NoBaseline, reinforce
 
 D = torch.float64
-C = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=D)
-THETA = torch.tensor([0.3, -0.7, 1.2, 0.0], dtype=D)
-OFFSET = 5.0  # a large constant reward: harmless in expectation, ruinous for variance
-
-
-def bernoulli_sample(lam, n, gen):
-    p = torch.sigmoid(lam["logits"])
-    return (torch.rand(n, p.numel(), generator=gen, dtype=D) < p).to(D)
-
-
-def bernoulli_log_prob(z, lam):
-    logits = lam["logits"]
-    return (z * torch.nn.functional.logsigmoid(logits)).sum(1) + (
-        (1 - z) * torch.nn.functional.logsigmoid(-logits)
-    ).sum(1)
-
-
-def bernoulli_reward(z):
-    return OFFSET + z @ C + z[:, 0] * z[:, 1]
+BERNOULLI = BernoulliReward.make()  # offset 5: harmless in expectation, ruinous for variance
+THETA = BERNOULLI.theta
+OFFSET = BERNOULLI.offset
+bernoulli_sample = BERNOULLI.sample
+bernoulli_log_prob = BERNOULLI.log_prob
+bernoulli_reward = BERNOULLI.reward
 
 
 def bernoulli_truth(theta):
-    """E[R] = OFFSET + c^T p + p_0 p_1, so
-    dE/dtheta_i = (c_i + [i=0] p_1 + [i=1] p_0) p_i (1 - p_i)."""
-    p = torch.sigmoid(theta)
-    slope = C.clone()
-    slope[0] += p[1]
-    slope[1] += p[0]
-    return slope * p * (1 - p)
+    return BERNOULLI.expected_gradient({"logits": theta})["logits"]
+
+
+def test_bernoulli_closed_form_against_enumeration() -> None:
+    """The expected gradient of ``analytic.BernoulliReward`` against autograd through the exact
+    expectation, a sum over all 16 outcomes."""
+    theta = THETA.clone().requires_grad_(True)
+    outcomes = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=D)] * 4)
+    probs = BERNOULLI.log_prob(outcomes, {"logits": theta}).exp()
+    expectation = (probs * BERNOULLI.reward(outcomes)).sum()
+    (grad,) = torch.autograd.grad(expectation, theta)
+    assert torch.allclose(grad, bernoulli_truth(THETA), rtol=1e-12, atol=1e-14)
 
 
 def gaussian_sample(lam, n, gen):

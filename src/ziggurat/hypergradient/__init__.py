@@ -30,6 +30,7 @@ from ._presets import neumann as neumann
 from ._presets import sama as sama
 from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled
+from ._reinforce import Baseline as Baseline
 from ._reinforce import ConstantBaseline as ConstantBaseline
 from ._reinforce import LeaveOneOut as LeaveOneOut
 from ._reinforce import NoBaseline as NoBaseline
