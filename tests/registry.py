@@ -25,11 +25,13 @@ from ziggurat.hypergradient import (
     exact,
     first_order,
     fixed_point,
+    fixed_point_of,
     gauss_newton,
     neumann,
     sama,
     unrolled,
 )
+from ziggurat.linalg import heavy_ball_rate, polyak_parameters
 from ziggurat.optim import sgd
 
 
@@ -49,10 +51,27 @@ class Spec:
         return float(torch.linalg.eigvalsh(self.H).max())
 
     @property
+    def lmin(self) -> float:
+        return float(torch.linalg.eigvalsh(self.H).min())
+
+    @property
     def long(self) -> int:
         """Steps of rate ``1 - mu/L`` that shrink the error below 1e-12."""
-        eig = torch.linalg.eigvalsh(self.H)
-        return math.ceil(math.log(1e-12) / math.log(1 - float(eig.min() / eig.max())))
+        return steps_below(1 - self.lmin / self.lmax, 1e-12)
+
+    @property
+    def polyak(self) -> tuple[float, float]:
+        """Polyak's heavy-ball (step, momentum) for this Hessian's spectrum."""
+        return polyak_parameters(self.lmin, self.lmax)
+
+    def long_heavy_ball(self, step: float, momentum: float) -> int:
+        """Heavy-ball steps that shrink the error below 1e-12, with room for the polynomial
+        factor of a double root."""
+        return 4 * steps_below(heavy_ball_rate(step, momentum, self.lmin, self.lmax), 1e-12)
+
+
+def steps_below(rate: float, eps: float) -> int:
+    return math.ceil(math.log(eps) / math.log(rate))
 
 
 def krylov_solution(H: Tensor, v: Tensor, k: int) -> Tensor:
@@ -90,6 +109,36 @@ def unrolled_model(H: Tensor, v: Tensor, T: int, lr: float) -> Tensor:
     """SGD from the optimum of a quadratic: ``dw_T/dlam^T v = -M^T (I-(I-lr H)^T) H^{-1} v``."""
     eye = torch.eye(H.shape[0], dtype=H.dtype)
     return (eye - torch.linalg.matrix_power(eye - lr * H, T)) @ torch.linalg.solve(H, v)
+
+
+def heavy_ball_model(H: Tensor, v: Tensor, K: int, step: float, momentum: float) -> Tensor:
+    """``K`` steps of the transposed linearised heavy-ball map, on the joint state (independent
+    of the solver's recurrence): ``A = [[I - step H, -step mu I], [H, mu I]]``,
+    ``p <- A^T p + (v, 0)`` from zero; the answer is ``x = step p_w - p_m``."""
+    n = H.shape[0]
+    eye = torch.eye(n, dtype=H.dtype)
+    A = torch.cat(
+        [
+            torch.cat([eye - step * H, -step * momentum * eye], 1),
+            torch.cat([H, momentum * eye], 1),
+        ]
+    )
+    c = torch.cat([v, torch.zeros_like(v)])
+    p = torch.zeros_like(c)
+    for _ in range(K):
+        p = A.T @ p + c
+    return step * p[:n] - p[n:]
+
+
+def _polyak_fixed_point(s: Spec, iterations: int | None = None) -> Method:
+    step, mu = s.polyak
+    k = s.long_heavy_ball(step, mu) if iterations is None else iterations
+    return fixed_point(k, step, momentum=mu, tol=1e-13 if iterations is None else None)
+
+
+def _momentum_sgd(s: Spec) -> Method:
+    opt = sgd(1.0 / s.lmax, momentum=0.9)
+    return fixed_point_of(opt, s.long_heavy_ball(1.0 / s.lmax, 0.9), tol=1e-13)
 
 
 @dataclass(frozen=True)
@@ -159,6 +208,24 @@ CASES: list[Case] = [
         lambda s: fixed_point(5, 1.0 / s.lmax),
         lambda s, v: neumann_model(s.H, v, 4, 1.0 / s.lmax),
         False,
+    ),
+    Case(
+        "fixed_point_momentum_long",
+        _polyak_fixed_point,
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
+    ),
+    Case(
+        "fixed_point_momentum_5",
+        lambda s: _polyak_fixed_point(s, 5),
+        lambda s, v: heavy_ball_model(s.H, v, 5, *s.polyak),
+        False,
+    ),
+    Case(
+        "fixed_point_of_momentum_sgd",
+        _momentum_sgd,
+        lambda s, v: torch.linalg.solve(s.H, v),
+        True,
     ),
     Case(
         "exact_gauss_newton",

@@ -9,11 +9,15 @@ from ziggurat.analytic import LogisticHPO
 from ziggurat.hypergradient import PRESETS, exact, random_batches, stochastic
 
 
-@pytest.fixture(scope="module")
-def logistic():
+def logistic_case():
     problem = LogisticHPO.breast_cancer()
     w, lam, v = problem.point()
     return problem, w, lam, v, exact()(problem.inner, w, lam, v).vjp["lam"]
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    return logistic_case()
 
 
 def rel(a, b) -> float:
@@ -39,7 +43,9 @@ def test_newton_point_is_stationary(logistic) -> None:
 
 def test_error_shrinks_with_the_number_of_batches(logistic) -> None:
     """Mean relative error over 5 fixed seeds, batches of 32 of the 200 training rows: 16
-    batches must beat 1 batch by a margin (measured: about 0.11 against 0.56)."""
+    batches must beat 1 batch by a margin (measured: about 0.11 against 0.56). Deterministic at
+    these seeds; the rate at which the margins hold for other seed sets is measured by
+    benchmarks/statistical_tests.py and given in docs/stochastic.md."""
     one = mean_error(logistic, 1, range(5))
     sixteen = mean_error(logistic, 16, range(5))
     assert sixteen < 0.6 * one

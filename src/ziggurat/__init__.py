@@ -13,6 +13,8 @@ from ._types import MatVec as MatVec
 from ._types import Params as Params
 from ._verify import VerifyReport as VerifyReport
 from ._verify import verify as verify
+from ._verify_estimator import EstimatorReport as EstimatorReport
+from ._verify_estimator import verify_estimator as verify_estimator
 from .configs import Config as Config
 from .configs import EngineConfig as EngineConfig
 from .engine import Engine as Engine

@@ -2,7 +2,9 @@
 
 ``verify(inner, w, lam, v)`` computes a float64 reference ``v^T dw*/dlam`` (a dense solve for
 small problems, a long conjugate-gradient solve otherwise) and reports, for each method, its
-relative error, cosine similarity, norm ratio, solver diagnostics and wall time.
+relative error, cosine similarity, norm ratio, solver diagnostics and cost: wall time, and the
+same time in units of one gradient (G) and one Hessian-vector product (H) of the user's loss,
+both timed in the same call (the units of ``benchmarks/floors.py``).
 """
 
 from __future__ import annotations
@@ -10,18 +12,29 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from . import _tree
+from . import _checks, _tree
+from ._products import Linearization, grad_lam
 from ._types import InnerLoss, Params
 from .hypergradient import HopContext, Method, cg, darts, exact, first_order, neumann, sama
 
 
 @dataclass(frozen=True)
 class VerifyRow:
+    """One method's figures.
+
+    Attributes:
+        rel_error: ``||g - g*|| / ||g*||`` against the reference ``g*``.
+        cosine, norm_ratio: ``cos(g, g*)`` and ``||g|| / ||g*||``.
+        iterations, residual: the solver's diagnostics (``HopInfo``).
+        seconds: median wall time of one call.
+        cost_g, cost_h: ``seconds`` in units of the report's ``g_seconds`` and ``h_seconds``.
+    """
+
     method: str
     rel_error: float
     cosine: float
@@ -29,6 +42,23 @@ class VerifyRow:
     iterations: int
     residual: float
     seconds: float
+    cost_g: float = math.nan
+    cost_h: float = math.nan
+
+
+@dataclass(frozen=True)
+class CostUnits:
+    """Median seconds of the two cost units on the user's loss, at the verified point.
+
+    Attributes:
+        g_seconds: one gradient ``grad_lam f(w, lam)`` (forward and backward), the unit DARTS
+            and SAMA spend twice.
+        h_seconds: one Hessian-vector product through an already built gradient graph (the
+            marginal cost of a CG or Neumann iteration).
+    """
+
+    g_seconds: float
+    h_seconds: float
 
 
 @dataclass(frozen=True)
@@ -37,6 +67,7 @@ class VerifyReport:
 
     reference: str
     rows: list[VerifyRow] = field(default_factory=list)
+    units: CostUnits | None = None
 
     def row(self, method: str) -> VerifyRow:
         for r in self.rows:
@@ -48,13 +79,20 @@ class VerifyReport:
         width = max([14, *(len(r.method) + 2 for r in self.rows)])
         head = (
             f"{'method':<{width}}{'rel.error':>11}{'cosine':>10}{'|g|/|g*|':>11}"
-            f"{'iters':>7}{'residual':>11}{'ms':>9}"
+            f"{'iters':>7}{'residual':>11}{'ms':>9}{'G':>8}{'H':>8}"
         )
-        lines = [f"reference: {self.reference}", head, "-" * len(head)]
+        lines = [f"reference: {self.reference}"]
+        if self.units is not None:
+            lines.append(
+                f"cost units: G = {self.units.g_seconds * 1e3:.3f} ms (one gradient in lam), "
+                f"H = {self.units.h_seconds * 1e3:.3f} ms (one Hessian-vector product)"
+            )
+        lines += [head, "-" * len(head)]
         for r in self.rows:
             lines.append(
                 f"{r.method:<{width}}{r.rel_error:>11.2e}{r.cosine:>10.5f}{r.norm_ratio:>11.4g}"
                 f"{r.iterations:>7d}{r.residual:>11.2e}{r.seconds * 1e3:>9.2f}"
+                f"{r.cost_g:>8.1f}{r.cost_h:>8.1f}"
             )
         return "\n".join(lines)
 
@@ -96,6 +134,33 @@ def reference_vjp(
     return result.vjp, label
 
 
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_units(
+    inner: InnerLoss, w: Params, lam: Params, v: Params, *, repeats: int = 5
+) -> CostUnits:
+    """Time one gradient ``G`` and one Hessian-vector product ``H`` of ``inner`` at ``(w, lam)``.
+
+    ``G`` is :func:`~ziggurat._products.grad_lam` (what the finite-difference mixed product
+    calls twice); ``H`` is one product ``H v`` through a gradient graph built beforehand and not
+    timed, as each iteration of CG or Neumann spends it. Both are medians of ``repeats`` calls.
+    """
+    _checks.int_at_least("measure_units repeats", repeats, 1)
+    g_seconds = _median_seconds(lambda: grad_lam(inner, w, lam), repeats)
+    lin = Linearization(inner, w, lam)
+    u = _tree.detach(v)
+    lin.hvp(u)  # builds the graph
+    h_seconds = _median_seconds(lambda: lin.hvp(u), repeats)
+    return CostUnits(g_seconds, h_seconds)
+
+
 def _compare(got: Params, ref: Params) -> tuple[float, float, float]:
     g = _tree.flatten(_tree.detach(got)).double()
     r = _tree.flatten(ref).double()
@@ -126,30 +191,35 @@ def verify(
         methods: name -> method; defaults to :func:`default_methods`.
         context: optional per-call state (e.g. a SAMA preconditioner) passed to every method.
         reference_dtype: dtype of the reference; ``None`` keeps the inputs' dtype.
-        repeats: timings are the median of this many calls.
+        repeats: timings are the median of this many calls; the cost units ``G`` and ``H``
+            are medians of ``max(repeats, 5)`` calls, measured once before the methods run.
     """
-    if repeats < 1:
-        raise ValueError(f"verify repeats must be >= 1, got {repeats}")
+    _checks.int_at_least("verify repeats", repeats, 1)
     _tree.check_same_shapes(w, v, "verify: cotangent v against lower parameters w")
     ref, label = reference_vjp(inner, w, lam, v, dtype=reference_dtype)
-    report = VerifyReport(reference=label)
+    units = measure_units(inner, w, lam, v, repeats=max(repeats, 5))
+    report = VerifyReport(reference=label, units=units)
     ctx = context or HopContext()
     for name, method in (methods or default_methods()).items():
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats):  # a stochastic method's row is its last call
             start = time.perf_counter()
             result = method(inner, w, lam, v, ctx)
             times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
         rel, cos, ratio = _compare(result.vjp, ref)
+        info = result.info
         report.rows.append(
             VerifyRow(
                 name,
                 rel,
                 cos,
                 ratio,
-                result.info.iterations,
-                result.info.residual,
-                statistics.median(times),
+                info.iterations,
+                info.residual,
+                seconds,
+                seconds / units.g_seconds,
+                seconds / units.h_seconds,
             )
         )
     return report

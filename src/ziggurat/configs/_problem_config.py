@@ -29,6 +29,13 @@ class Config:
     the method used when *this* problem is the lower level of a hop, as in Betty. The
     method-specific fields (``darts_alpha``, ``neumann_*``, ``cg_*``, ``sama_*``) configure it.
 
+    ``hypergradient_batches=B`` (a ziggurat option; default 1) averages the lower loss of those
+    hops over more data: the batches of the last accumulation window (the last batch, without
+    accumulation) and ``B - 1`` fresh batches drawn from this problem's loader (``get_batch``),
+    for the solve and the mixed product alike (the stochastic hypergradient of Grazzi et al.,
+    AISTATS 2021). The fresh batches advance the loader, so training continues after them and
+    checkpoints resume bit-exactly; ``B = 1`` is the behaviour without the option.
+
     Differences from Betty, on purpose:
 
     * ``cg_alpha`` rescales the system that CG solves; CG is invariant to that scaling, so every
@@ -62,6 +69,7 @@ class Config:
     cg_tol: float = 1e-10
     cg_warm_start: bool = False
     hypergradient: Any = None
+    hypergradient_batches: int = 1
 
     def __init__(self, **kwargs: Any) -> None:
         for old, (new, convert) in _LEGACY.items():
@@ -79,6 +87,7 @@ class Config:
                 f"ziggurat.hypergradient.cg(), got {self.hypergradient!r}"
             )
         _checks.int_at_least("Config unroll_steps", self.unroll_steps, 1)
+        _checks.int_at_least("Config hypergradient_batches", self.hypergradient_batches, 1)
         _checks.int_at_least("Config gradient_accumulation", self.gradient_accumulation, 1)
         _checks.non_negative("Config gradient_clipping", self.gradient_clipping)
         _checks.one_of("Config precision", self.precision, PRECISIONS)

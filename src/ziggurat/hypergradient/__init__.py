@@ -14,6 +14,8 @@ from ._implicit import ForwardOverReverse as ForwardOverReverse
 from ._implicit import Implicit as Implicit
 from ._implicit import MixedAutograd as MixedAutograd
 from ._implicit import MixedFiniteDifference as MixedFiniteDifference
+from ._optimizer_map import LinearisedMap as LinearisedMap
+from ._optimizer_map import linearised_map as linearised_map
 from ._path import Hop as Hop
 from ._path import fold as fold
 from ._presets import PRESETS as PRESETS
@@ -22,11 +24,13 @@ from ._presets import darts as darts
 from ._presets import exact as exact
 from ._presets import first_order as first_order
 from ._presets import fixed_point as fixed_point
+from ._presets import fixed_point_of as fixed_point_of
 from ._presets import from_name as from_name
 from ._presets import neumann as neumann
 from ._presets import sama as sama
 from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled
+from ._reinforce import Baseline as Baseline
 from ._reinforce import ConstantBaseline as ConstantBaseline
 from ._reinforce import LeaveOneOut as LeaveOneOut
 from ._reinforce import NoBaseline as NoBaseline

@@ -13,6 +13,7 @@ from ..optim import FunctionalOptimizer
 from ._base import Method
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
+from ._optimizer_map import linearised_map
 from ._sama import Sama
 from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._unrolled import Unrolled
@@ -63,19 +64,46 @@ def fixed_point(
     iterations: int = 10,
     step: float = 1.0,
     *,
+    momentum: float = 0.0,
     tol: float | None = None,
     damping: float = 0.0,
     curvature: Curvature = DoubleBackward(),
 ) -> Implicit:
     """Fixed-point implicit differentiation (Grazzi et al., ICML 2020).
 
-    Iterates the linearised inner gradient-descent map ``x <- x - step (H x - v)``; needs
-    ``step < 2 / lambda_max(H)``. Same iterates as :func:`neumann` (one behind for the same
-    cost), but reports the exact residual of its answer and stops once it is ``<= tol``.
-    Costs at most ``iterations`` Hessian-vector products plus one mixed product.
+    Iterates the transposed linearised map of the inner optimizer: gradient descent by default,
+    ``x <- x - step (H x - v)``, which needs ``step < 2 / lambda_max(H)`` and has the same
+    iterates as :func:`neumann` (one behind for the same cost); with ``momentum = mu`` the
+    heavy-ball map of ``torch.optim.SGD(lr=step, momentum=mu)``,
+    ``x <- x - step (H x - v) + mu (x - x_prev)``, which needs ``mu < 1`` and
+    ``step < 2 (1 + mu) / lambda_max(H)``. Reports the exact residual of its answer and stops
+    once it is ``<= tol``. Costs at most ``iterations`` Hessian-vector products plus one mixed
+    product. :func:`fixed_point_of` reads ``step``, ``momentum`` and ``damping`` off an
+    optimizer.
     """
-    solver = linalg.fixed_point(iterations, step, tol=tol, damping=damping)
+    solver = linalg.fixed_point(iterations, step, tol=tol, damping=damping, momentum=momentum)
     return Implicit(solver, MixedAutograd(), curvature, label="fixed_point")
+
+
+def fixed_point_of(
+    optimizer: FunctionalOptimizer,
+    iterations: int = 100,
+    *,
+    tol: float | None = None,
+    curvature: Curvature = DoubleBackward(),
+) -> Implicit:
+    """:func:`fixed_point` on the linearised update map of the inner ``optimizer``.
+
+    ``sgd(lr, momentum=mu, dampening=d, weight_decay=c)`` gives ``step = lr (1 - d)`` (``lr``
+    without momentum), ``momentum = mu`` and ``damping = c``: the hypergradient of the point the
+    optimizer converges to, a stationary point of ``f + c/2 ||w||^2``. Adam and AdamW are
+    refused with the reason (their map has no fixed-point linearisation at a stationary point;
+    see ``docs/hypergradients.md``).
+    """
+    m = linearised_map(optimizer)
+    return fixed_point(
+        iterations, m.step, momentum=m.momentum, tol=tol, damping=m.damping, curvature=curvature
+    )
 
 
 def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> Implicit:

@@ -8,6 +8,8 @@ from ._dense import dense as dense
 from ._dense import materialize as materialize
 from ._fixed_point import FixedPoint as FixedPoint
 from ._fixed_point import fixed_point as fixed_point
+from ._fixed_point import heavy_ball_rate as heavy_ball_rate
+from ._fixed_point import polyak_parameters as polyak_parameters
 from ._identity import Identity as Identity
 from ._identity import identity as identity
 from ._neumann import Neumann as Neumann

@@ -11,7 +11,7 @@ differentiates through their recorded trajectory.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -82,6 +82,17 @@ def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Ten
             t.grad = saved[key]
 
 
+def hop_batches(lower: Problem) -> list[Any]:
+    """The batches a hop's lower loss averages: the last accumulation window's, then
+    ``Config.hypergradient_batches - 1`` fresh ones from ``lower.get_batch()``.
+
+    The fresh draws advance ``lower``'s loader (its checkpointed position), so a resumed run
+    draws the same batches; ``cur_batch`` and the window are left alone.
+    """
+    fresh = [lower.get_batch() for _ in range(lower.config.hypergradient_batches - 1)]
+    return [*lower.hop_batches(), *fresh]
+
+
 def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop], list[HopKey]]:
     hops, keys = [], []
     for j in range(1, len(path) - 1):
@@ -91,7 +102,7 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         context = lower.hop_context(method, key)
         # a bf16 forward would round away the perturbations of finite differences
         inner = pure_mean_loss(
-            lower, upper, lower.hop_batches(), full_precision=uses_finite_differences(method)
+            lower, upper, hop_batches(lower), full_precision=uses_finite_differences(method)
         )
         if problem.engine is not None:  # data-parallel ranks: global-batch products
             method = problem.engine.distributed.wrap_method(method)
