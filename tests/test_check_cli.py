@@ -133,3 +133,15 @@ def test_reinforce_rows_are_unbiased_and_baselines_help(run) -> None:
         assert err[name] < 3.5 * se[name], name
     assert se["reinforce(8, leave-one-out)"] < 0.5 * se["reinforce(8, none)"]
     assert se["reinforce(8, constant(5))"] < 0.5 * se["reinforce(8, none)"]
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    """``ziggurat check | head -3``: the reader leaves before the table is written."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "ziggurat.cli", "check"]
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # nobody reads: the print raises BrokenPipeError
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
