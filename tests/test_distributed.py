@@ -241,10 +241,10 @@ def test_torchrun_world_initialised_by_the_engine(tmp_path) -> None:
 
 
 def test_importing_ziggurat_keeps_optimizers_from_pinning_the_process_group(tmp_path) -> None:
-    """After ``import ziggurat``, a group initialised by the user and then the first
-    ``torch.optim`` optimizer: the optimizer adds no reference to the group, so
+    """After ``import ziggurat``, a group initialised by the user, then the first
+    ``torch.optim`` optimizer and ZeRO's import: neither adds a reference to the group, so
     ``destroy_process_group`` frees it (without the guard in ``engine/_distributed.py`` torch
-    2.13 adds ten, and the leaked group's gloo threads abort some processes at exit)."""
+    2.13 adds eleven, and the leaked group's gloo threads abort some processes at exit)."""
     script = f"""
 import sys
 import torch, torch.distributed as dist
@@ -252,6 +252,7 @@ import ziggurat
 dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
 before = sys.getrefcount(dist.group.WORLD)
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+from torch.distributed.optim import ZeroRedundancyOptimizer
 print(sys.getrefcount(dist.group.WORLD) - before)
 dist.destroy_process_group()
 """

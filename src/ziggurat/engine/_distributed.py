@@ -8,9 +8,13 @@ unconditionally, so the single-process path has no distributed branches.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
+import importlib
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,23 +31,47 @@ from ._sharding import is_sharded, repoint_scheduler, shard
 DISTRIBUTED_STRATEGIES = ("ddp", "zero", "fsdp")
 
 
-def _import_sharded_tensor_before_any_group() -> None:
-    """Import ``torch.distributed._shard.sharded_tensor`` now, while no process group exists.
+_MODULES_WITH_GROUP_DEFAULTS = (
+    "torch.distributed._shard.sharded_tensor",  # imported by the first torch.optim optimizer
+    "torch.distributed.optim.zero_redundancy_optimizer",  # strategy="zero"
+)
 
-    Its functions take the default group as a default argument, evaluated at import. The first
-    ``torch.optim`` optimizer imports it (through ``torch._dynamo``); when that happens after
-    ``init_process_group``, those defaults keep the group alive past
+
+def _import_before_any_group() -> None:
+    """Import the torch modules whose functions take the default process group as a default
+    argument, now, while no group exists.
+
+    A default argument is evaluated at import. Imported after ``init_process_group`` (the first
+    ``torch.optim`` optimizer imports ``sharded_tensor`` through ``torch._dynamo``; the engine
+    imports ZeRO for ``strategy="zero"``), such a default keeps the group alive past
     ``destroy_process_group``, and at interpreter exit its gloo threads are cancelled and abort
-    the process (SIGABRT, measured with torch 2.13). Importing it early costs about 10 ms.
+    the process (SIGABRT, measured with torch 2.13). The imports cost about 0.7 s, most of
+    which the first optimizer would spend anyway; their deprecation warnings (TorchScript in
+    ``torch.distributed.optim``) are torch's own and are not shown.
     """
     if not dist.is_available() or dist.is_initialized():
         return
-    # a torch without this private module has nothing to guard against
-    with contextlib.suppress(ImportError):
-        import torch.distributed._shard.sharded_tensor  # noqa: F401
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in _MODULES_WITH_GROUP_DEFAULTS:
+            # a torch without one of these private modules has nothing to guard against
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
 
 
-_import_sharded_tensor_before_any_group()
+def _collect_garbage_before_exit() -> None:
+    """Free reference cycles before interpreter finalization starts.
+
+    Engines and problems refer to each other, so an engine that went out of scope, with the
+    ZeRO optimizers and FSDP2 device meshes that hold the process group, lives until a
+    garbage collection; if that happens during finalization, the group's gloo threads are
+    stopped while the interpreter refuses them the GIL, which aborts the process.
+    """
+    gc.collect()
+
+
+_import_before_any_group()
+atexit.register(_collect_garbage_before_exit)
 
 
 class SingleProcess:
@@ -277,7 +305,6 @@ def wrap_zero(problem: Problem) -> None:
     """
     opt = problem.optimizer
     assert opt is not None
-    # imported here: importing torch.distributed.optim emits deprecation warnings
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     if isinstance(opt, ZeroRedundancyOptimizer):
