@@ -209,6 +209,10 @@ class Problem:
     def training(self) -> bool:
         return self._training
 
+    def is_rank_zero(self) -> bool:
+        """Whether this process is rank 0 of the engine's group (always, on one process)."""
+        return self.engine is None or self.engine.is_rank_zero()
+
     def train(self) -> None:
         self._training = True
         if self.module is not None:
@@ -419,6 +423,21 @@ class Problem:
                 self.engine.log_hypergradient(self)
             self._notify_parents()
         self.ready = dict.fromkeys(self.ready, False)
+
+    @property
+    def at_inner_loop_boundary(self) -> bool:
+        """Whether no inner loop is open: every local step since the last signal to the upper
+        levels has been signalled (warm-up steps count as open), no gradient-accumulation
+        window is open and no roll-back cache is held. True before the first step."""
+        return self._inner_loop_start and self._window_closed and self._cache is None
+
+    def clear_dependencies(self) -> None:
+        """Forget children, parents, paths, readiness flags and hypergradient warm starts
+        (the engine re-wires them; see ``Engine.set_dependency``)."""
+        self.children, self.parents, self.paths = [], [], []
+        self.ready = {}
+        self._warm_starts = {}
+        self.last_hop_info = []
 
     def begin_inner_loop(self) -> None:
         """Start of an inner loop: cache state for roll-back."""
