@@ -254,3 +254,138 @@ def test_cleanup_destroys_only_a_process_group_the_engine_created(tmp_path) -> N
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True", "True", "False", "True"]
+
+
+# ---------------------------------------------------------------- problem helpers
+class Fit(ImplicitProblem):
+    """``1/2 |w - x|^2`` on each batch ``x``."""
+
+    def training_step(self, batch):
+        return {"loss": 0.5 * (self.module() - batch).pow(2).sum(), "size": float(batch.numel())}
+
+
+def fit(cls=Fit, optimizer=torch.optim.SGD, lr: float = 1.0, **config):
+    module = Vec(torch.zeros(2, dtype=D))
+    x = [torch.tensor([1.0, 2.0], dtype=D), torch.tensor([-3.0, 4.0], dtype=D)]
+    return cls(
+        name="fit",
+        module=module,
+        optimizer=optimizer(module.parameters(), lr=lr),
+        train_data_loader=x,
+        config=Config(**config),
+    ), x
+
+
+def test_read_only_views_of_the_options() -> None:
+    p, _ = fit(
+        gradient_accumulation=3,
+        gradient_clipping=0.5,
+        warmup_steps=2,
+        log_step=7,
+        log_local_step=True,
+        precision="bf16",
+    )
+    assert (p.gas, p.gradient_clipping, p.warmup_steps, p.log_step) == (3, 0.5, 2, 7)
+    assert p.log_local_step and p.precision == "bf16" and p.dtype == torch.bfloat16
+    assert fit()[0].dtype == torch.float32
+    with pytest.raises(AttributeError):
+        p.gas = 1  # type: ignore[misc]
+
+
+def test_get_loss_divides_by_accumulation_and_reports_the_unscaled_loss() -> None:
+    p, x = fit(gradient_accumulation=4)
+    Engine([p], EngineConfig(train_iters=0))
+    scaled, stats = p.get_loss(x[0])
+    assert float(scaled.detach()) == pytest.approx(0.5 * 5.0 / 4)
+    assert stats == {"loss": pytest.approx(2.5), "size": 2.0}
+    with pytest.raises(FloatingPointError, match="problem 'fit'"):
+        p.get_loss(torch.tensor([float("nan"), 0.0], dtype=D))
+
+
+@pytest.mark.parametrize("kind", ["implicit", "iterative"])
+def test_zero_grad_discards_the_open_accumulation_window(kind: str) -> None:
+    from ziggurat.problems import IterativeProblem
+
+    class FitIt(IterativeProblem):
+        def training_step(self, batch):
+            return 0.5 * (self.forward() - batch).pow(2).sum()
+
+    p, x = fit(Fit if kind == "implicit" else FitIt, gradient_accumulation=2)
+    engine = Engine([p], EngineConfig(train_iters=1, valid_step=0))
+    engine.run()
+    p.zero_grad()
+    engine.config.train_iters = 2
+    engine.run()
+    # the update averages the window's gradients; only the second batch's is left: (w - x2) / 2
+    assert torch.allclose(p.module.value.detach(), x[1] / 2)
+
+
+def test_clip_grad_bounds_the_global_norm_and_reports_it() -> None:
+    p, _ = fit(gradient_clipping=1.0)
+    Engine([p], EngineConfig(train_iters=0))
+    p.module.value.grad = torch.tensor([3.0, 4.0], dtype=D)
+    assert float(p.clip_grad()) == pytest.approx(5.0)
+    assert torch.allclose(p.module.value.grad, torch.tensor([0.6, 0.8], dtype=D))
+    off, _ = fit()
+    off.module.value.grad = torch.tensor([3.0, 4.0], dtype=D)
+    assert off.clip_grad() is None and float(off.module.value.grad.norm()) == 5.0
+
+
+def test_optimizer_state_and_group_for_a_parameter() -> None:
+    p, _ = fit(optimizer=torch.optim.Adam, lr=0.1)
+    engine = Engine([p], EngineConfig(train_iters=1, valid_step=0))
+    param = p.module.value
+    assert p.get_opt_state_for_param(param) == {}  # no step yet
+    assert p.get_opt_param_group_for_param(param)["lr"] == 0.1
+    engine.run()
+    assert p.get_opt_state_for_param(param) is p.optimizer.state[param]
+    with pytest.raises(ValueError, match="not a parameter of this problem's optimizer"):
+        p.get_opt_state_for_param(torch.zeros(2))
+
+
+def test_optimizer_state_of_an_unrolled_level_is_the_differentiable_optimizers() -> None:
+    from ziggurat.problems import IterativeProblem
+
+    class FitIt(IterativeProblem):
+        def training_step(self, batch):
+            return 0.5 * (self.forward() - batch).pow(2).sum()
+
+    p, x = fit(FitIt, optimizer=torch.optim.Adam, lr=0.1)
+    Engine([p], EngineConfig(train_iters=1, valid_step=0)).run()
+    state = p.get_opt_state_for_param(p.module.value)
+    assert state["step"] == 1
+    assert torch.allclose(state["exp_avg"], 0.1 * (0 - x[0]))  # (1 - beta1) g, g = w0 - x
+    assert torch.allclose(state["exp_avg_sq"], 0.001 * x[0] ** 2)
+    assert p.get_opt_state_for_param(p.params["value"])["step"] == 1
+
+
+def test_meta_trainable_parameters_are_the_trainable_ones_and_overrides_are_refused() -> None:
+    p, _ = fit()
+    assert p.meta_trainable_parameters() == p.trainable_parameters()
+
+    class Narrow(Fit):
+        def meta_trainable_parameters(self):
+            return []
+
+    narrow, _ = fit(Narrow)
+    with pytest.raises(TypeError, match=r"'fit' overrides meta_trainable_parameters\(\)"):
+        Engine([narrow])
+
+
+def test_param_groups_must_be_the_optimizers_groups() -> None:
+    class Groups(Fit):
+        def param_groups(self):
+            return [{"params": [self.module.value], "lr": 0.5}]
+
+    built_elsewhere, _ = fit(Groups, lr=1.0)  # per-group lr 0.5 would be lost
+    with pytest.raises(ValueError, match=r"'fit' defines param_groups\(\).*never rebuilds it"):
+        Engine([built_elsewhere])
+
+    class FromGroups(Groups):
+        def configure_optimizer(self):
+            return torch.optim.SGD(self.param_groups(), lr=1.0)
+
+    module = Vec(torch.zeros(2, dtype=D))
+    ok = FromGroups(name="fit", module=module, train_data_loader=[torch.zeros(2, dtype=D)])
+    Engine([ok])
+    assert ok.optimizer.param_groups[0]["lr"] == 0.5

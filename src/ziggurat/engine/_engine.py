@@ -11,7 +11,7 @@ import torch
 from ..configs import EngineConfig
 from ..envs import Env
 from ..problems import Problem
-from . import _checkpoint, _run, _wiring
+from . import _checkpoint, _compat, _run, _wiring
 from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
 from ._graph import Graph, parse
 
@@ -86,6 +86,7 @@ class Engine:
         self.leaves = _wiring.wire(self._by_name, self.graph)
         for p in self.problems:
             p.initialize(self)
+        _compat.check_problems(self.problems)
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
         prepare_problems(self.distributed, self.problems)

@@ -22,6 +22,7 @@ from .._types import Params
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from ._data import CyclingLoader, to_device
+from ._helpers import ProblemHelpers
 from ._hypergrad import HopKey, total_gradient
 from ._schedulers import steps_per_update
 
@@ -41,7 +42,7 @@ _RESERVED = frozenset(dir(object)) | {
 }
 
 
-class Problem:
+class Problem(ProblemHelpers):
     """One level of a multilevel program.
 
     Args:
@@ -156,7 +157,12 @@ class Problem:
         return self.optimizer.step()
 
     def param_groups(self) -> list[dict[str, Any]] | None:
-        """Parameter groups, used only when ``configure_optimizer`` needs them. Default: none."""
+        """Parameter groups for ``configure_optimizer`` to build the optimizer from.
+
+        The optimizer is never rebuilt from them: when this returns groups, the engine checks
+        at construction that the optimizer holds exactly these groups and options. Default:
+        none.
+        """
         return None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -491,12 +497,8 @@ class Problem:
         if self._window_closed:
             self._window = []
         self._window.append(self.cur_batch)
-        loss = self.loss_of(self.cur_batch)
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
-        scaled = loss / self._config.gradient_accumulation
-        if self.scaler is not None:
-            scaled = self.scaler.scale(scaled)
+        scaled, stats = self.get_loss(self.cur_batch)
+        self.last_loss = stats["loss"]
         grads = self.gradients(scaled)
         boundary = fresh or self._count % self._config.gradient_accumulation == 0
         # with roll-back the scheduler steps once, after the redone step (as in Betty)
