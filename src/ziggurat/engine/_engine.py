@@ -10,7 +10,9 @@ import torch
 
 from ..configs import EngineConfig
 from ..envs import Env
+from ..logging import BoundLogger, LoggerBase
 from ..problems import Problem
+from ..utils import log_from_loss_dict
 from . import _checkpoint, _compat, _run, _wiring
 from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
 from ._graph import Graph, parse
@@ -289,9 +291,15 @@ class Engine:
         (on rank 0 only under data parallelism)."""
         if not self.distributed.is_main:
             return
-        text = " || ".join(f"{k}: {v:.6g}" for k, v in values.items())
-        log.info("[%s] [global step %d] %s", source, step, text)
+        log.info("[%s] [global step %d] %s", source, step, log_from_loss_dict(values))
         self._run.logger().log(source, values, step)
+
+    @property
+    def logger(self) -> LoggerBase:
+        """Betty's ``engine.logger``: ``info``/``warning``/... console lines, and
+        ``log(stats, tag=None, step=None)`` through :meth:`log_metrics` (the console line and
+        this run's metrics backend; ``step`` defaults to the global step)."""
+        return BoundLogger(self.log_metrics, lambda: self.global_step)
 
     def log_hypergradient(self, problem: Problem) -> None:
         """Per upper step: each hop's method, solver iterations, residual; the norm."""

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..logging import LoggerBase
+
 if TYPE_CHECKING:
     from ..configs import Config
+    from ..engine import Engine
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,6 +28,7 @@ class ProblemHelpers:
     if TYPE_CHECKING:
         _config: Config
         _name: str
+        engine: Engine | None
         optimizer: torch.optim.Optimizer | None
         scaler: torch.amp.GradScaler | None
         last_metrics: dict[str, float]
@@ -69,6 +73,12 @@ class ProblemHelpers:
     def dtype(self) -> torch.dtype:
         """The compute dtype of ``precision`` (losses are widened to fp32 all the same)."""
         return _DTYPES[self._config.precision]
+
+    @property
+    def logger(self) -> LoggerBase:
+        """The engine's logger (``Engine.logger``); before an engine holds this problem, one
+        that only writes console lines."""
+        return LoggerBase() if self.engine is None else self.engine.logger
 
     # ------------------------------------------------------------------ loss
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
