@@ -158,6 +158,28 @@ def test_bad_option_values(build, match: str) -> None:
         build()
 
 
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (
+            lambda: Config(darts_multitask=True),
+            r"darts_multitask=True is not supported.*darts_alpha",
+        ),
+        (
+            lambda: Config(type="sama", sama_multitask=True),
+            r"sama_multitask=True is not supported.*sama_adam_alpha",
+        ),
+        (lambda: Config(type="reinforce"), r"type='reinforce' is not a best-response method"),
+        (lambda: EngineConfig(strategy="accelerate"), r"'accelerate' is not supported.*torchrun"),
+    ],
+    ids=["darts_multitask", "sama_multitask", "reinforce", "accelerate"],
+)
+def test_betty_options_that_would_be_ignored_are_refused(build, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build()
+    assert not Config().darts_multitask and not Config(darts_multitask=False).sama_multitask
+
+
 def test_unknown_option_names_the_valid_ones() -> None:
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['unrol_steps'\]"):
         Config(unrol_steps=2)
