@@ -5,6 +5,11 @@ problem whose inner loss is quadratic in ``w``: ``-M^T S(H) v``, where ``H`` is 
 ``M`` the mixed matrix (``(d^2 f/dlam dw) u = M^T u``) and ``S`` the method's stand-in for
 ``H^{-1}``. ``exact`` cases have ``S = H^{-1}`` (to 1e-8 relative in float64); the others are
 checked against their own model and have their error against the truth measured.
+
+Gauss-Newton cases need the problem's model: its loss written as ``l(g(w, lam)) + r(w, lam)``
+(``Spec.gauss_newton``, built from the model's outputs and loss, never from ``H``). They run
+only on problems that have one, where the curvature ``J^T (d^2 l) J + d^2 r`` equals ``H`` by
+the theory (a linear model and a convex loss), so they are exact.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ziggurat.analytic import LogisticHPO, RidgeHPO
 from ziggurat.hypergradient import (
     ForwardOverReverse,
+    GaussNewton,
     HopContext,
     Method,
     cg,
@@ -41,6 +48,11 @@ class Spec:
 
     H: Tensor  # Hessian of the inner loss in w
     M: Tensor  # mixed matrix, (d^2 f/dlam dw) u = M^T u
+    gauss_newton: GaussNewton | None = None  # from the problem's model, if it has one
+
+    def model_curvature(self) -> GaussNewton:
+        assert self.gauss_newton is not None, "a Gauss-Newton case needs the problem's model"
+        return self.gauss_newton
 
     @property
     def n(self) -> int:
@@ -84,16 +96,25 @@ def krylov_solution(H: Tensor, v: Tensor, k: int) -> Tensor:
     return V @ torch.linalg.solve(V.T @ H @ V, V.T @ v)
 
 
-def factor_gauss_newton(spec: Spec):
-    """Gauss-Newton curvature of the quadratic inner loss read as ``1/2 ||L^T w||^2`` plus terms
-    linear in ``w``, with ``H = L L^T``: a linear model and a convex loss, so it equals ``H``."""
-    L = torch.linalg.cholesky(spec.H)
+def ridge_gauss_newton(ridge: RidgeHPO) -> GaussNewton:
+    """Ridge regression's model: the linear outputs ``X w``, the convex loss
+    ``1/2 ||out - y||^2`` and the penalty ``1/2 sum lam w^2`` (whose Hessian is added exactly)."""
+    return gauss_newton(
+        lambda w, lam: ridge.X @ w["w"],
+        lambda out: 0.5 * (out - ridge.y).pow(2).sum(),
+        regularizer=lambda w, lam: 0.5 * (lam["lam"] * w["w"] ** 2).sum(),
+    )
 
-    def outputs(w, lam):
-        (x,) = w.values()
-        return L.T @ x
 
-    return gauss_newton(outputs, lambda out: 0.5 * out.pow(2).sum())
+def logistic_gauss_newton(problem: LogisticHPO) -> GaussNewton:
+    """Logistic regression's model: the linear logits ``X w + b``, the convex mean binary
+    cross-entropy and the penalty ``1/2 sum exp(lam) w^2``. Unlike ridge, the loss Hessian
+    ``diag(p (1 - p)) / n`` depends on ``w``."""
+    return gauss_newton(
+        lambda w, lam: problem.X @ w["w"] + w["b"],
+        lambda out: torch.nn.functional.binary_cross_entropy_with_logits(out, problem.y),
+        regularizer=lambda w, lam: 0.5 * (lam["lam"].exp() * w["w"] ** 2).sum(),
+    )
 
 
 def neumann_model(H: Tensor, v: Tensor, K: int, alpha: float) -> Tensor:
@@ -148,6 +169,7 @@ class Case:
     apply_s: Callable[[Spec, Tensor], Tensor]  # S(H) v
     exact: bool
     context: Callable[[Spec, str], HopContext] = lambda spec, key: HopContext()
+    needs_model: bool = False  # Gauss-Newton: runs only where Spec.gauss_newton is given
 
 
 def _precond(spec: Spec) -> Tensor:
@@ -229,21 +251,24 @@ CASES: list[Case] = [
     ),
     Case(
         "exact_gauss_newton",
-        lambda s: exact(curvature=factor_gauss_newton(s)),
+        lambda s: exact(curvature=s.model_curvature()),
         lambda s, v: torch.linalg.solve(s.H, v),
         True,
+        needs_model=True,
     ),
     Case(
         "cg_gauss_newton",
-        lambda s: cg(s.n, 1e-300, curvature=factor_gauss_newton(s)),
+        lambda s: cg(s.n, 1e-300, curvature=s.model_curvature()),
         lambda s, v: torch.linalg.solve(s.H, v),
         True,
+        needs_model=True,
     ),
     Case(
         "fixed_point_gauss_newton",
-        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13, curvature=factor_gauss_newton(s)),
+        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13, curvature=s.model_curvature()),
         lambda s, v: torch.linalg.solve(s.H, v),
         True,
+        needs_model=True,
     ),
     Case(
         "unrolled_long",
@@ -278,3 +303,6 @@ CASES: list[Case] = [
 
 EXACT = [c for c in CASES if c.exact]
 IDS = [c.name for c in CASES]
+MODEL_FREE = [c for c in CASES if not c.needs_model]  # for problems given only by H and M
+MODEL_FREE_IDS = [c.name for c in MODEL_FREE]
+GAUSS_NEWTON = [c for c in CASES if c.needs_model]

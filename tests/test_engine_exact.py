@@ -47,6 +47,7 @@ def methods_for(n: int, h: torch.Tensor):
         "neumann": Config(hypergradient=neumann(steps, 1.0 / lmax)),
         "neumann_type": Config(type="neumann", neumann_iterations=steps, neumann_alpha=1.0 / lmax),
         "exact": Config(hypergradient=exact()),
+        "darts": Config(type="darts"),  # H^{-1} ~ I; its mixed product is exact on quadratics
     }
 
 
@@ -159,12 +160,27 @@ def trilevel_program(
     ]
 
 
-@pytest.mark.parametrize("kind", ["cg", "neumann", "exact"])
-def test_three_level_engine_gradient_with_method_at_every_level(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("mid_kind", "low_kind"),
+    [
+        ("cg", "cg"),
+        ("neumann", "neumann"),
+        ("exact", "exact"),
+        ("neumann", "cg"),
+        ("exact", "neumann_type"),
+        ("cg_type", "exact"),
+        ("darts", "exact"),
+        ("cg", "darts"),
+    ],
+)
+def test_three_level_engine_gradient_with_method_at_every_level(
+    mid_kind: str, low_kind: str
+) -> None:
+    """Each hop uses its own lower level's method, so methods may differ between levels."""
     tri = QuadraticTrilevel.make(seed=1)
     h2 = tri.H2_partial()
-    cfg_mid = methods_for(h2.shape[0], h2)[kind]
-    cfg_low = methods_for(tri.A1.shape[0], tri.A1)[kind]
+    cfg_mid = methods_for(h2.shape[0], h2)[mid_kind]
+    cfg_low = methods_for(tri.A1.shape[0], tri.A1)[low_kind]
     rec = Recorder()
     up, mid, low = trilevel_program(tri, cfg_mid, cfg_low, rec)
     engine = Engine(
@@ -174,20 +190,37 @@ def test_three_level_engine_gradient_with_method_at_every_level(kind: str) -> No
     )
     engine.run()
     assert len(rec.grads) == 4 and len(rec.mid_grads) == 4
+    # the hop through mid ran mid's method, the hop through low ran low's
+    assert [i.method for i in up.last_hop_info] == [mid_kind.removesuffix("_type")]
+    assert [i.method for i in mid.last_hop_info] == [low_kind.removesuffix("_type")]
+    # darts stands in I for H^{-1}: S_mid = I instead of H2^{-1}, and J1^T v = B1^T A1^{-1} v
+    # becomes B1^T v = J1^T A1 v
+    eye = torch.eye(h2.shape[0], dtype=D)
+    s_mid = eye if mid_kind == "darts" else torch.linalg.inv(h2)
+    low_factor = tri.A1 if low_kind == "darts" else torch.eye(tri.A1.shape[0], dtype=D)
     for g, s in zip(rec.grads, rec.snapshots, strict=True):
         # the top hop uses the middle level's method and its Hessian with z held fixed
-        expected = tri.c * s["x"] + tri.B2.T @ torch.linalg.solve(tri.H2_partial(), s["y"] - tri.t)
+        expected = tri.c * s["x"] + tri.B2.T @ s_mid @ (s["y"] - tri.t)
         assert float((g - expected).norm() / expected.norm()) < 1e-6
     for g, x, y, z in rec.mid_grads:
         # the middle level: direct gradient plus the lower level's best response (its method)
         d_y = tri.A2 @ y - tri.B2 @ x - tri.g * tri.C.T @ (z - tri.C @ y)
         d_z = tri.g * (z - tri.C @ y)
-        expected = d_y + tri.J1().T @ d_z
+        expected = d_y + tri.J1().T @ low_factor @ d_z
         assert float((g - expected).norm() / expected.norm()) < 1e-6
 
 
-@pytest.mark.parametrize("kind", ["cg", "neumann", "exact"])
-def test_two_hop_path_as_in_learning_by_ignoring(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("pre_kind", "fine_kind"),
+    [
+        ("cg", "cg"),
+        ("neumann", "neumann"),
+        ("exact", "exact"),
+        ("cg", "neumann"),
+        ("neumann", "exact"),
+    ],
+)
+def test_two_hop_path_as_in_learning_by_ignoring(pre_kind: str, fine_kind: str) -> None:
     """Betty's path semantics: ``u2l = {top: [pre]}``, ``l2u = {pre: [fine], fine: [top]}``
     gives the path ``[top, fine, pre, top]``: top's loss reads ``fine``, ``fine`` reads ``pre``,
     ``pre`` reads ``top``; the hypergradient folds two hops, each with its own level's method."""
@@ -230,8 +263,8 @@ def test_two_hop_path_as_in_learning_by_ignoring(kind: str) -> None:
     }
     configs = {
         "top": Config(),
-        "pre": methods_for(n_pre, A1)[kind],
-        "fine": methods_for(n_fine, A2)[kind],
+        "pre": methods_for(n_pre, A1)[pre_kind],
+        "fine": methods_for(n_fine, A2)[fine_kind],
     }
     made = {}
     for name, cls in (("top", Top), ("pre", Pre), ("fine", Fine)):
@@ -252,6 +285,7 @@ def test_two_hop_path_as_in_learning_by_ignoring(kind: str) -> None:
     assert [[p.name for p in path] for path in top.paths] == [["top", "fine", "pre", "top"]]
     engine.run()
     assert len(rec.grads) == 3
+    assert [i.method for i in top.last_hop_info] == [fine_kind, pre_kind]  # hop order on the path
     for gr, snap in zip(rec.grads, rec.snapshots, strict=True):
         v_pre = B2.T @ torch.linalg.solve(A2, snap["f"] - t)
         expected = c * snap["lam"] + B1.T @ torch.linalg.solve(A1, v_pre)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from registry import ridge_gauss_newton
 from ziggurat import linalg
 from ziggurat._products import Linearization
 from ziggurat.analytic import QuadraticBilevel, RidgeHPO
@@ -115,14 +116,6 @@ def test_equals_the_hessian_for_logistic_regression() -> None:
 
 
 # ---------------------------------- every inverse-HVP method with GN on linear, convex problems
-def ridge_gn(ridge: RidgeHPO):
-    return gauss_newton(
-        lambda w, lam: ridge.X @ w["w"],
-        lambda out: 0.5 * (out - ridge.y).pow(2).sum(),
-        regularizer=lambda w, lam: 0.5 * (lam["lam"] * w["w"] ** 2).sum(),
-    )
-
-
 def quadratic_gn(quad: QuadraticBilevel):
     """``1/2 w^T A w - w^T B lam`` as ``l(L^T w) + r``: ``A = L L^T``, ``r`` linear in ``w``."""
     L = torch.linalg.cholesky(quad.A)
@@ -153,7 +146,7 @@ def test_gauss_newton_variants_exact_on_ridge(name: str, ridge: RidgeHPO) -> Non
     """The data term ``1/2 ||X w - y||^2`` is a convex loss of a linear model and the penalty's
     Hessian is added exactly, so Gauss-Newton is the Hessian and every solver is exact."""
     w, lam, v = ridge.point()
-    method = methods(ridge_gn(ridge), torch.linalg.eigvalsh(ridge.hessian(lam)))[name]
+    method = methods(ridge_gauss_newton(ridge), torch.linalg.eigvalsh(ridge.hessian(lam)))[name]
     got = method(ridge.inner, w, lam, v).vjp["lam"]
     assert rel(got, ridge.exact_vjp(v)["lam"]) < 1e-8
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import pytest
 import torch
 from torch import nn
@@ -158,6 +160,28 @@ def test_bad_option_values(build, match: str) -> None:
         build()
 
 
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (
+            lambda: Config(darts_multitask=True),
+            r"darts_multitask=True is not supported.*darts_alpha",
+        ),
+        (
+            lambda: Config(type="sama", sama_multitask=True),
+            r"sama_multitask=True is not supported.*sama_adam_alpha",
+        ),
+        (lambda: Config(type="reinforce"), r"type='reinforce' is not a best-response method"),
+        (lambda: EngineConfig(strategy="accelerate"), r"'accelerate' is not supported.*torchrun"),
+    ],
+    ids=["darts_multitask", "sama_multitask", "reinforce", "accelerate"],
+)
+def test_betty_options_that_would_be_ignored_are_refused(build, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build()
+    assert not Config().darts_multitask and not Config(darts_multitask=False).sama_multitask
+
+
 def test_unknown_option_names_the_valid_ones() -> None:
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['unrol_steps'\]"):
         Config(unrol_steps=2)
@@ -223,25 +247,57 @@ def test_tutorial_style_configure_hooks_device_and_dict_loss() -> None:
     assert abs(float(p.module.weight.detach()) - 3.0) < 0.05
 
 
-def test_several_loaders_give_a_tuple_and_nested_batches_reach_the_device() -> None:
-    seen = []
+Pair = namedtuple("Pair", ["x", "y"])
 
+
+def nested_batch():
+    return {
+        "pair": Pair(torch.ones(2), [torch.zeros(3), (torch.ones(1), "tag")]),
+        "list": [[torch.zeros(2, 2)], 7],
+    }
+
+
+def leaves(batch):
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        return [t for v in batch.values() for t in leaves(v)]
+    if isinstance(batch, (list, tuple)):
+        return [t for v in batch for t in leaves(v)]
+    return []
+
+
+def test_to_device_moves_every_tensor_and_keeps_the_containers() -> None:
+    from ziggurat.problems._data import to_device
+
+    # the meta device has no data, so a tensor is there only if it was moved there
+    moved = to_device(nested_batch(), torch.device("meta"))
+    assert [t.device.type for t in leaves(moved)] == ["meta"] * 4
+    assert isinstance(moved["pair"], Pair) and isinstance(moved["pair"].y, list)
+    assert isinstance(moved["pair"].y[1], tuple) and moved["pair"].y[1][1] == "tag"
+    assert moved["list"][1] == 7 and moved["list"][0][0].shape == (2, 2)
+    assert to_device(nested_batch(), None)["list"][0][0].device.type == "cpu"
+
+
+def test_several_loaders_give_a_tuple_and_nested_batches_reach_the_device() -> None:
     class Multi(ImplicitProblem):
         def training_step(self, batch):
-            first, second = batch
-            seen.append((first["x"].device.type, second[0].shape))
-            return self.module(first["x"]).pow(2).mean()
+            return self.module(batch[0]["x"]).pow(2).mean()
 
     module = nn.Linear(2, 1)
     p = Multi(
         name="multi",
         module=module,
         optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
-        train_data_loader=([{"x": torch.ones(3, 2)}], [[torch.zeros(5)], [torch.zeros(5)]]),
+        train_data_loader=([{"x": torch.ones(3, 2)}], [nested_batch()]),
         config=Config(),
+        device="meta",
     )
-    Engine(problems=[p], config=EngineConfig(train_iters=3)).run()
-    assert seen == [("cpu", (5,))] * 3
+    Engine(problems=[p], config=EngineConfig(train_iters=0))
+    first, second = p.get_batch()  # one batch per loader, each moved as a whole
+    assert first["x"].device.type == "meta" and first["x"].shape == (3, 2)
+    assert [t.device.type for t in leaves(second)] == ["meta"] * 4
+    assert isinstance(second["pair"], Pair)
 
 
 def test_loaders_cycle_and_call_epoch_callback() -> None:

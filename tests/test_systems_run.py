@@ -114,6 +114,15 @@ def test_schedulers_step_once_per_update_on_the_users_optimizer(name):
     assert opt.param_groups[0]["lr"] == pytest.approx(twin.param_groups[0]["lr"], rel=1e-12)
 
 
+def test_with_gradient_accumulation_schedulers_count_updates_not_local_steps():
+    """A documented difference from Betty, which steps the scheduler after every local step."""
+    config = Config(type="cg", cg_iterations=2, gradient_accumulation=2)
+    engine, opt, _ = program(lambda o: S.StepLR(o, step_size=1, gamma=0.5), lower_config=config)
+    engine.run()
+    assert engine.lower.count == 8
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)  # 4 updates
+
+
 def plateau(o):
     return S.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=1)
 

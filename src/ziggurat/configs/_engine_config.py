@@ -58,6 +58,12 @@ class EngineConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.strategy == "accelerate":
+            raise ValueError(
+                "EngineConfig strategy='accelerate' is not supported (in Betty 0.2.1 it raised "
+                "AttributeError before training): launch with torchrun and use strategy='ddp', "
+                "'zero' or 'fsdp'; mixed precision is Config(precision='bf16' or 'fp16')"
+            )
         _checks.int_at_least("EngineConfig train_iters", self.train_iters, 0)
         if isinstance(self.valid_step, bool) or not isinstance(self.valid_step, int):
             raise ValueError(f"EngineConfig valid_step must be an integer, got {self.valid_step!r}")

@@ -36,13 +36,15 @@ class Config:
     AISTATS 2021). The fresh batches advance the loader, so training continues after them and
     checkpoints resume bit-exactly; ``B = 1`` is the behaviour without the option.
 
-    Differences from Betty, on purpose:
+    Differences from Betty, on purpose (the full list is in the README):
 
     * ``cg_alpha`` rescales the system that CG solves; CG is invariant to that scaling, so every
       value gives the same, correct answer (Betty's was correct only at 1.0).
     * ``retain_graph`` and ``first_order`` are accepted for compatibility; ziggurat never needs
       ``retain_graph`` and chooses implicit or unrolled differentiation from the problem types.
     * ``allow_unused`` is accepted; unused parameters always receive a zero hypergradient.
+    * ``darts_multitask`` / ``sama_multitask`` must stay False, and ``type="reinforce"`` is
+      refused (see :func:`_check_betty_only`).
     """
 
     type: str = "darts"
@@ -79,6 +81,7 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
+        _check_betty_only(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
         elif not callable(self.hypergradient):
@@ -124,3 +127,23 @@ class Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hypergradient"] = None if self.hypergradient is None else repr(self.hypergradient)
         return out
+
+
+def _check_betty_only(config: Config) -> None:
+    """Refuse Betty options that would otherwise be silently ignored."""
+    for flag, radius in (("darts_multitask", "darts_alpha"), ("sama_multitask", "sama_adam_alpha")):
+        if getattr(config, flag):
+            raise ValueError(
+                f"Config {flag}=True is not supported: in Betty it leaves the lower level's "
+                f"parameters moved by the finite-difference perturbation (a step of norm "
+                f"{radius}) after each upper step, but ziggurat's hypergradient methods never "
+                "change parameters. Leave it False; an extra step of the lower level belongs in "
+                "the program (e.g. param_callback)"
+            )
+    if config.type == "reinforce" and config.hypergradient is None:
+        raise ValueError(
+            "Config type='reinforce' is not a best-response method (in Betty 0.2.1 it was an "
+            "empty stub that raised TypeError). For the gradient of an expectation over a "
+            "sampling step, call ziggurat.hypergradient.reinforce(n)(log_prob, sample, "
+            "reward, lam) where that gradient is needed"
+        )

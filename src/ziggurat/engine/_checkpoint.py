@@ -279,6 +279,13 @@ def _check_problem(path: str, problem: Problem, state: dict[str, Any]) -> None:
         raise ValueError(f"{where}: a scheduler is present in one and not the other")
     if len(state["loaders"]) != len(problem._loaders):
         raise ValueError(f"{where}: number of data loaders differs")
+    saved_lowers, live_lowers = sorted(state["ready"]), sorted(c.name for c in problem.children)
+    if saved_lowers != live_lowers:
+        raise ValueError(
+            f"{where}: saved with lower levels {saved_lowers}, this engine gives it "
+            f"{live_lowers}; build the engine with the dependencies in force when it was saved "
+            "(or call set_dependency with them before load)"
+        )
 
 
 def check_compatible(engine: Engine, state: Any, path: str) -> None:

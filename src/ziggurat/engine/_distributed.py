@@ -120,6 +120,9 @@ class SingleProcess:
     def barrier(self) -> None:
         """Wait for every rank (no-op)."""
 
+    def close(self) -> None:
+        """Destroy the process group if this object initialised it (no-op)."""
+
 
 class DataParallelGroup(SingleProcess):
     """Data parallelism over the default process group.
@@ -134,7 +137,8 @@ class DataParallelGroup(SingleProcess):
         cuda = torch.cuda.is_available()
         if not dist.is_available():
             raise ValueError(f"strategy={strategy!r} needs torch.distributed, which is unavailable")
-        if not dist.is_initialized():
+        self.owns_group = not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"))
         self.strategy = strategy
         self.rank = dist.get_rank()
@@ -204,6 +208,11 @@ class DataParallelGroup(SingleProcess):
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self.owns_group = False
 
 
 class ShardedDataParallel(DataParallelGroup):

@@ -10,8 +10,10 @@ import torch
 
 from ..configs import EngineConfig
 from ..envs import Env
+from ..logging import BoundLogger, LoggerBase
 from ..problems import Problem
-from . import _checkpoint, _run
+from ..utils import log_from_loss_dict
+from . import _checkpoint, _compat, _run, _wiring
 from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
 from ._graph import Graph, parse
 
@@ -59,8 +61,7 @@ class Engine:
                 raise ValueError(
                     f"problem name {name!r} clashes with an Engine attribute; rename it"
                 )
-        lowers = {n for n, ups in self.graph.uppers.items() if ups}
-        check_strategy(self.config.strategy, self.problems, set(self.graph.leaves), lowers)
+        self._check_strategy(self.graph)
         self.distributed: SingleProcess = make_group(
             self.config.strategy, self.config.backend, self._pick_device()
         )
@@ -76,19 +77,18 @@ class Engine:
             return torch.device("cuda")
         return torch.device("cpu")
 
+    def _check_strategy(self, graph: Graph) -> None:
+        lowers = {n for n, ups in graph.uppers.items() if ups}
+        check_strategy(self.config.strategy, self.problems, set(graph.leaves), lowers)
+
     def initialize(self) -> None:
         """Wire parents, children and paths, then initialise every problem."""
         for p in self.problems:
             p.env = self.env
-            p.children = [self._by_name[n] for n in self.graph.children(p.name)]
-            p.parents = [self._by_name[n] for n in self.graph.uppers.get(p.name, [])]
-            p.paths = [
-                [self._by_name[n] for n in path] for path in self.graph.paths.get(p.name, [])
-            ]
-            p.ready = {c.name: False for c in p.children}
+        self.leaves = _wiring.wire(self._by_name, self.graph)
         for p in self.problems:
             p.initialize(self)
-        self.leaves = [self._by_name[n] for n in self.graph.leaves]
+        _compat.check_problems(self.problems)
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
         prepare_problems(self.distributed, self.problems)
@@ -96,6 +96,55 @@ class Engine:
             self.env.engine = self
             self.env.configure_device(self.device)
             self.env.initialize()
+
+    def set_dependency(self, dependencies: Mapping[str, Any]) -> None:
+        """Replace the dependencies of a constructed (or running) program.
+
+        ``dependencies`` has the form and validation of the constructor's; the set of problems
+        stays the same. Parents, children, hypergradient paths and the lowest levels are
+        re-derived, every readiness flag is cleared (an upper level waits for a full inner
+        loop of each of its new lower levels) and hypergradient warm starts are dropped.
+        Parameters, optimizer and scheduler state, step counters and data positions are kept,
+        and no ``configure_*`` hook runs again.
+
+        Raises:
+            RuntimeError: a problem is inside an inner loop (see
+                :attr:`Problem.at_inner_loop_boundary`); call it between iterations, e.g. from
+                ``validation()`` or an overridden ``train_step``, when every lower level has
+                just signalled its upper levels.
+            ValueError: the new dependencies are invalid (nothing is changed).
+        """
+        _wiring.check_boundary(self.problems)
+        graph = parse([p.name for p in self.problems], dependencies)
+        self._check_strategy(graph)
+        _wiring.check_sharding(self.problems, graph)
+        self.graph = graph
+        for p in self.problems:
+            p.clear_dependencies()
+        self.leaves = _wiring.wire(self._by_name, graph)
+
+    # ------------------------------------------------------------------ runtime views
+    @property
+    def train_iters(self) -> int:
+        """``config.train_iters``: iterations of the lowest levels (read-only view)."""
+        return self.config.train_iters
+
+    @property
+    def valid_step(self) -> int:
+        """``config.valid_step``: the validation period in iterations (read-only view)."""
+        return self.config.valid_step
+
+    def is_rank_zero(self) -> bool:
+        """Whether this process is rank 0 (always, on one process)."""
+        return self.distributed.is_main
+
+    def cleanup(self) -> None:
+        """Destroy the ``torch.distributed`` process group if this engine created it.
+
+        A group the program initialised itself is left alone, and on one process this does
+        nothing. Call it once, after the last ``run``, ``save`` or ``load``.
+        """
+        self.distributed.close()
 
     # ------------------------------------------------------------------ names
     def problem_by_name(self, name: str) -> Problem | None:
@@ -242,9 +291,15 @@ class Engine:
         (on rank 0 only under data parallelism)."""
         if not self.distributed.is_main:
             return
-        text = " || ".join(f"{k}: {v:.6g}" for k, v in values.items())
-        log.info("[%s] [global step %d] %s", source, step, text)
+        log.info("[%s] [global step %d] %s", source, step, log_from_loss_dict(values))
         self._run.logger().log(source, values, step)
+
+    @property
+    def logger(self) -> LoggerBase:
+        """Betty's ``engine.logger``: ``info``/``warning``/... console lines, and
+        ``log(stats, tag=None, step=None)`` through :meth:`log_metrics` (the console line and
+        this run's metrics backend; ``step`` defaults to the global step)."""
+        return BoundLogger(self.log_metrics, lambda: self.global_step)
 
     def log_hypergradient(self, problem: Problem) -> None:
         """Per upper step: each hop's method, solver iterations, residual; the norm."""

@@ -3,8 +3,8 @@
 Every backend also writes a line to the ``ziggurat`` Python logger (the console), so
 ``logger_type`` only chooses where scalars are *additionally* recorded. Scalars are tagged
 ``<source>/<key>``, where ``source`` is a problem name, ``validation`` or
-``<problem>/hypergradient``. Optional backends are imported lazily; a missing package is an
-``ImportError`` naming the extra to install.
+``<problem>/hypergradient`` (an empty source tags ``<key>`` alone). Optional backends are
+imported lazily; a missing package is an ``ImportError`` naming the extra to install.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def _missing(backend: str, error: ImportError) -> ImportError:
 
 
 def _tags(source: str, values: Mapping[str, float]) -> dict[str, float]:
-    return {f"{source}/{k}": float(v) for k, v in values.items()}
+    prefix = f"{source}/" if source else ""
+    return {f"{prefix}{k}": float(v) for k, v in values.items()}
 
 
 class TensorBoardLogger(MetricLogger):
@@ -116,7 +117,7 @@ class MlflowLogger(MetricLogger):
         self.client.set_terminated(self.run_id)
 
 
-def _console() -> None:
+def show_console() -> None:
     """Show ``ziggurat`` INFO lines on stderr unless the application configured logging."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -134,7 +135,7 @@ def make_logger(
     Every type but ``"none"`` shows the console lines too.
     """
     if logger_type != "none":
-        _console()
+        show_console()
     if logger_type in ("none", "console"):
         return MetricLogger()
     directory = os.path.join(log_dir, run_name)

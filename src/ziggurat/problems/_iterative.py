@@ -183,6 +183,22 @@ class IterativeProblem(Problem):
         self._opt_state = cache["opt_state"]
         self._sync_module()
 
+    def zero_grad(self) -> None:
+        """Discard the gradients of the open accumulation window."""
+        self._pending = None
+
+    def get_opt_state_for_param(self, param: Tensor) -> dict[str, Any]:
+        """The differentiable optimizer's state for ``param`` (a module parameter or an entry
+        of ``params``): ``step`` and the buffers of that tensor, as ``torch.optim`` names them.
+        """
+        assert self.module is not None and self._opt_state is not None
+        named = [*self.module.named_parameters(), *self._params.items()]
+        name = next((k for k, t in named if t is param), None)
+        if name is None or name not in self._params:
+            raise ValueError(f"problem {self.name!r}: the tensor is not one of its parameters")
+        state = self._opt_state
+        return {"step": state.step, **{b: tree[name] for b, tree in state.buffers.items()}}
+
 
 def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
     """``grads * min(1, max_norm / (||grads|| + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``

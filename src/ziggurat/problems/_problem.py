@@ -22,6 +22,7 @@ from .._types import Params
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from ._data import CyclingLoader, to_device
+from ._helpers import ProblemHelpers
 from ._hypergrad import HopKey, total_gradient
 from ._schedulers import steps_per_update
 
@@ -41,7 +42,7 @@ _RESERVED = frozenset(dir(object)) | {
 }
 
 
-class Problem:
+class Problem(ProblemHelpers):
     """One level of a multilevel program.
 
     Args:
@@ -156,7 +157,12 @@ class Problem:
         return self.optimizer.step()
 
     def param_groups(self) -> list[dict[str, Any]] | None:
-        """Parameter groups, used only when ``configure_optimizer`` needs them. Default: none."""
+        """Parameter groups for ``configure_optimizer`` to build the optimizer from.
+
+        The optimizer is never rebuilt from them: when this returns groups, the engine checks
+        at construction that the optimizer holds exactly these groups and options. Default:
+        none.
+        """
         return None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -208,6 +214,10 @@ class Problem:
     @property
     def training(self) -> bool:
         return self._training
+
+    def is_rank_zero(self) -> bool:
+        """Whether this process is rank 0 of the engine's group (always, on one process)."""
+        return self.engine is None or self.engine.is_rank_zero()
 
     def train(self) -> None:
         self._training = True
@@ -423,6 +433,21 @@ class Problem:
             self._notify_parents()
         self.ready = dict.fromkeys(self.ready, False)
 
+    @property
+    def at_inner_loop_boundary(self) -> bool:
+        """Whether no inner loop is open: every local step since the last signal to the upper
+        levels has been signalled (warm-up steps count as open), no gradient-accumulation
+        window is open and no roll-back cache is held. True before the first step."""
+        return self._inner_loop_start and self._window_closed and self._cache is None
+
+    def clear_dependencies(self) -> None:
+        """Forget children, parents, paths, readiness flags and hypergradient warm starts
+        (the engine re-wires them; see ``Engine.set_dependency``)."""
+        self.children, self.parents, self.paths = [], [], []
+        self.ready = {}
+        self._warm_starts = {}
+        self.last_hop_info = []
+
     def begin_inner_loop(self) -> None:
         """Start of an inner loop: cache state for roll-back."""
         if self._rolls_back():
@@ -475,12 +500,8 @@ class Problem:
         if self._window_closed:
             self._window = []
         self._window.append(self.cur_batch)
-        loss = self.loss_of(self.cur_batch)
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
-        scaled = loss / self._config.gradient_accumulation
-        if self.scaler is not None:
-            scaled = self.scaler.scale(scaled)
+        scaled, stats = self.get_loss(self.cur_batch)
+        self.last_loss = stats["loss"]
         grads = self.gradients(scaled)
         boundary = fresh or self._count % self._config.gradient_accumulation == 0
         # with roll-back the scheduler steps once, after the redone step (as in Betty)

@@ -1,0 +1,50 @@
+"""Connecting problems to a validated dependency graph, at construction and on re-wiring.
+
+``Engine.set_dependency`` replaces the graph while a program runs (Betty's dynamic topology).
+It is refused unless every problem is at an inner-loop boundary, because three kinds of state
+belong to the old graph while an inner loop is open: gradients accumulated so far (their
+hypergradients came from the old paths), a roll-back cache (restored when the old upper
+levels step) and an unrolled level's trajectory (recorded under the old upper levels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..problems import Problem
+from ._graph import Graph
+
+
+def wire(problems: Mapping[str, Problem], graph: Graph) -> list[Problem]:
+    """Set every problem's children, parents, paths and (cleared) readiness flags from
+    ``graph``; return the leaves, in problem order."""
+    for p in problems.values():
+        p.children = [problems[n] for n in graph.children(p.name)]
+        p.parents = [problems[n] for n in graph.uppers.get(p.name, [])]
+        p.paths = [[problems[n] for n in path] for path in graph.paths.get(p.name, [])]
+        p.ready = {c.name: False for c in p.children}
+    return [problems[n] for n in graph.leaves]
+
+
+def check_boundary(problems: Sequence[Problem]) -> None:
+    """``RuntimeError`` naming the problems that are inside an inner loop."""
+    busy = [f"{p.name!r} (local step {p.count})" for p in problems if not p.at_inner_loop_boundary]
+    if busy:
+        raise RuntimeError(
+            "set_dependency: problems " + ", ".join(busy) + " are inside an inner loop (steps "
+            "taken since they last signalled their upper levels, an open gradient-accumulation "
+            "window or a roll-back cache); re-wire between iterations at which every lower "
+            "level has just finished unroll_steps x gradient_accumulation steps"
+        )
+
+
+def check_sharding(problems: Sequence[Problem], graph: Graph) -> None:
+    """Under ``strategy="fsdp"`` the leaves were sharded at construction; they must stay the
+    leaves (a sharded level cannot become the upper level of a hop)."""
+    sharded = sorted(p.name for p in problems if p.sharded)
+    if sharded and sharded != sorted(graph.leaves):
+        raise ValueError(
+            f"set_dependency: strategy='fsdp' sharded the lowest levels {sharded} at "
+            f"construction, but the new dependencies make {sorted(graph.leaves)} the lowest; "
+            "keep the same lowest levels or build a new Engine"
+        )
