@@ -519,3 +519,21 @@ def test_iterative_problem_steps_equal_its_torch_optimizer(make_opt) -> None:
     torch.testing.assert_close(
         program(IterativeProblem), program(ImplicitProblem), atol=1e-12, rtol=0
     )
+
+
+def test_iterative_problem_whose_loss_ignores_its_params_is_an_error() -> None:
+    class Detached(IterativeProblem):
+        def training_step(self, batch):
+            return self.module().pow(2).sum()  # the module's copy, not self.params
+
+    module = Vec(torch.ones(2, dtype=D))
+    p = Detached(
+        name="it",
+        module=module,
+        optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        train_data_loader=loader(),
+    )
+    with pytest.raises(
+        ValueError, match=r"'it': its loss does not depend on self.params.*self\(x\)"
+    ):
+        Engine([p], EngineConfig(train_iters=1, valid_step=0)).run()

@@ -144,6 +144,12 @@ class IterativeProblem(Problem):
         grads = torch.autograd.grad(
             loss, list(self._params.values()), create_graph=True, allow_unused=True
         )
+        if all(g is None for g in grads):
+            raise ValueError(
+                f"problem {self.name!r}: its loss does not depend on self.params, so the "
+                "unrolled steps would not move; in an IterativeProblem evaluate the model as "
+                "self(x) (or self.forward(x)), not self.module(x), whose parameters are detached"
+            )
         return _tree.fill_none(grads, self._params)
 
     @property
