@@ -9,6 +9,8 @@ set; the upper loss is the adapted model's loss on the task's query set.
 * ``imaml`` (Rajeswaran et al. 2019): the lower level is an
   :class:`~ziggurat.problems.ImplicitProblem` minimising ``L(w) + prox/2 ||w - phi||^2`` from
   ``w = phi``; the hypergradient is implicit, ``(I + H/prox)^-1`` applied by a linear solver.
+  :func:`proximal_gauss_newton` replaces ``H`` by its Gauss-Newton matrix, which keeps the
+  system positive definite on a non-convex network.
 
 The task source (the engine's ``env``) draws a new task at the start of every inner loop; the
 support and query loaders serve the current task.
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from .._types import Params
 from ..configs import Config, EngineConfig
-from ..hypergradient import Method, cg
+from ..hypergradient import Method, cg, gauss_newton
 from ..problems import ImplicitProblem, IterativeProblem
 from ._progress import ProgressEngine
 
@@ -87,6 +89,36 @@ class ProximalLearner(ImplicitProblem):
             for w, p in zip(self.module.parameters(), self.meta.module.parameters(), strict=True)
         )
         return self.cfg.loss(self.module(x), y) + 0.5 * self.cfg.prox * prox
+
+
+def proximal_gauss_newton(
+    model: nn.Module,
+    support: Callable[[], tuple[Tensor, Tensor]],
+    adaptation: Adaptation,
+    maxiter: int = 5,
+) -> Method:
+    """iMAML's CG solve with the Gauss-Newton matrix ``J^T (d^2 loss) J + prox I`` for ``H``.
+
+    The exact Hessian of a network's loss can have eigenvalues below ``-prox``; CG then meets
+    negative curvature and returns a poor direction. The Gauss-Newton matrix (Schraudolph 2002)
+    is positive semi-definite for a loss convex in the outputs (cross-entropy, squared error).
+
+    Args:
+        model: the architecture of the lower level (its own parameters are not read).
+        support: returns the current task's support set, the batch the hop's loss is taken on.
+    """
+
+    def outputs(w: Params, lam: Params) -> Tensor:
+        return torch.func.functional_call(model, w, (support()[0],))
+
+    def loss(out: Tensor) -> Tensor:
+        return adaptation.loss(out, support()[1])
+
+    def proximal(w: Params, lam: Params) -> Tensor:
+        squares = torch.stack([(w[k] - lam[k]).pow(2).sum() for k in w])
+        return 0.5 * adaptation.prox * squares.sum()
+
+    return cg(maxiter, curvature=gauss_newton(outputs, loss, regularizer=proximal))
 
 
 def meta_train(
