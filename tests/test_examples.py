@@ -12,8 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ziggurat.examples import hpo, load, maml, reweight, three_level
-from ziggurat.examples.data import digits, read_idx, symmetric_noise
+from ziggurat.examples import fewshot, hpo, load, maml, reweight, three_level
+from ziggurat.examples.data import (
+    digits,
+    fashion_mnist_dir,
+    read_idx,
+    rotated_classes,
+    symmetric_noise,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -58,6 +64,61 @@ def test_imaml_beats_random_init() -> None:
     assert result.row("meta-test MSE vs random init").gain > 0.1, str(result)
 
 
+def test_rotated_classes_are_quarter_turns_of_shared_images() -> None:
+    x = np.arange(6 * 9, dtype=np.float32).reshape(6, 9)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pool = rotated_classes(x, y, (2, 0), per_class=2, seed=0)
+    assert pool.shape == (8, 2, 9)
+    first = pool[0].reshape(2, 3, 3)
+    assert {tuple(r) for r in pool[0]} == {tuple(x[4]), tuple(x[5])}  # base 2 comes first
+    for r in range(4):
+        np.testing.assert_array_equal(pool[r].reshape(2, 3, 3), np.rot90(first, r, axes=(1, 2)))
+    assert {tuple(r) for r in pool[4]} == {tuple(x[0]), tuple(x[1])}
+
+
+def test_fewshot_pools_share_no_image_and_tasks_are_balanced() -> None:
+    train, test = fewshot.class_pools(digits(0), seed=0)
+    assert train.shape[0] == 4 * len(fewshot.TRAIN_BASES) and test.shape[0] == 12
+    seen = {tuple(row.tolist()) for row in train.reshape(-1, train.shape[-1])}
+    assert not seen & {tuple(row.tolist()) for row in test.reshape(-1, test.shape[-1])}
+    tasks = fewshot.Tasks(test, shots=5, seed=0)
+    tasks.new_task()
+    (xs, ys), (xq, yq) = tasks.support, tasks.query
+    assert xs.shape == (25, 64) and xq.shape == (5 * fewshot.QUERY, 64)
+    assert (ys.bincount() == 5).all() and (yq.bincount() == fewshot.QUERY).all()
+    assert not {tuple(r.tolist()) for r in xs} & {tuple(r.tolist()) for r in xq}
+
+
+@pytest.mark.parametrize(
+    ("shots", "random_margin", "joint_margin"), [(5, 0.25, 0.15), (1, 0.15, 0.08)]
+)
+def test_fewshot_maml_beats_random_init_and_joint_pretraining(
+    shots: int, random_margin: float, joint_margin: float
+) -> None:
+    result = fewshot.run(steps=500, shots=shots, progress=False, images=digits(0))
+    assert result.row("meta-test accuracy vs random init").gain > random_margin, str(result)
+    assert result.row("meta-test accuracy vs joint pretraining").gain > joint_margin, str(result)
+
+
+def test_fewshot_imaml_beats_random_init_and_joint_pretraining_at_five_shots() -> None:
+    result = fewshot.run(steps=500, method="imaml", progress=False, images=digits(0))
+    assert result.row("meta-test accuracy vs random init").gain > 0.1, str(result)
+    assert result.row("meta-test accuracy vs joint pretraining").gain > 0.03, str(result)
+
+
+@pytest.mark.slow
+def test_fewshot_imaml_one_shot_beats_random_init() -> None:
+    result = fewshot.run(steps=500, method="imaml", shots=1, progress=False, images=digits(0))
+    assert result.row("meta-test accuracy vs random init").gain > 0.04, str(result)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(fashion_mnist_dir() is None, reason="needs Fashion-MNIST")
+def test_fewshot_maml_five_shot_beats_joint_pretraining_on_fashion_mnist() -> None:
+    result = fewshot.run(steps=2000, progress=False)
+    assert result.row("meta-test accuracy vs joint pretraining").gain > 0.05, str(result)
+
+
 def test_learning_by_ignoring_beats_uniform_pretraining() -> None:
     result = three_level.run(steps=200, progress=False)
     assert result.row("target test accuracy").gain > 0.05, str(result)
@@ -88,12 +149,22 @@ def test_demo_reweight_prints_its_table() -> None:
     assert "using sklearn digits" in proc.stdout  # the fall-back is announced
 
 
+def test_demo_fewshot_takes_shots() -> None:
+    proc = _cli("demo", "fewshot", "--shots", "1", "--steps", "5", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "5-way 1-shot" in proc.stdout and "meta-test accuracy vs joint pretraining" in proc.stdout
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (("demo", "nope"), "choose one of reweight"),
         (("demo", "hpo", "--method", "x"), "choose one of cg"),
         (("demo", "--steps", "0"), "positive integer"),
+        (("demo", "maml", "--shots", "1"), "only to the fewshot example"),
+        (("demo", "fewshot", "--shots", "3"), "invalid choice"),
     ],
 )
 def test_demo_bad_input_is_one_line(args: tuple[str, ...], needle: str) -> None:

@@ -55,6 +55,8 @@ def _demo(args: argparse.Namespace) -> int:
         )
     if args.imbalance is not None and args.name != "reweight":
         raise CliError("--imbalance applies only to the reweight example")
+    if args.shots is not None and args.name != "fewshot":
+        raise CliError("--shots applies only to the fewshot example")
     options: dict[str, object] = {
         "steps": args.steps if args.steps is not None else module.DEFAULT_STEPS,
         "method": args.method if args.method is not None else module.METHODS[0],
@@ -63,6 +65,8 @@ def _demo(args: argparse.Namespace) -> int:
     }
     if args.imbalance is not None:
         options["imbalance"] = args.imbalance
+    if args.shots is not None:
+        options["shots"] = args.shots
     try:
         result = module.run(**options)
     except ValueError as err:  # option values the example itself rejects
@@ -123,6 +127,12 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
         type=_ratio,
         metavar="RATIO",
         help="reweight only: long-tailed classes at RATIO:1 instead of label noise",
+    )
+    demo.add_argument(
+        "--shots",
+        type=int,
+        choices=(1, 5),
+        help="fewshot only: support images per class (default: 5)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)

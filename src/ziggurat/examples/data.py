@@ -7,6 +7,7 @@ Fashion-MNIST (Xiao et al. 2017) is read from the idx files that Debian's
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -141,6 +142,37 @@ def long_tail(y: np.ndarray, ratio: float, classes: int, seed: int) -> np.ndarra
         members = np.flatnonzero(y == c)
         keep.append(rng.choice(members, n_c, replace=False))
     return np.concatenate(keep)
+
+
+def downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """Square images stored as rows of ``side**2`` pixels, averaged over ``factor``-pixel blocks."""
+    side = math.isqrt(x.shape[1])
+    if side * side != x.shape[1] or side % factor:
+        raise ValueError(f"cannot pool {x.shape[1]}-pixel images by {factor}")
+    s = side // factor
+    return x.reshape(-1, s, factor, s, factor).mean(axis=(2, 4)).reshape(-1, s * s)
+
+
+def rotated_classes(
+    x: np.ndarray, y: np.ndarray, bases: tuple[int, ...], per_class: int, seed: int
+) -> np.ndarray:
+    """Classes made of base classes and their rotations by 90, 180 and 270 degrees.
+
+    Rotating by a multiple of 90 degrees makes a new class, as for Omniglot in Vinyals et al.
+    2016. Returns ``(4 len(bases), per_class, pixels)``: class ``4 i + r`` is ``bases[i]``
+    turned ``r`` quarter turns; the four rotations of a base share its ``per_class`` images
+    (drawn at ``seed``).
+    """
+    rng = np.random.default_rng(seed)
+    side = math.isqrt(x.shape[1])
+    out: list[np.ndarray] = []
+    for b in bases:
+        members = np.flatnonzero(y == b)
+        if len(members) < per_class:
+            raise ValueError(f"class {b} has {len(members)} images, fewer than {per_class}")
+        square = x[rng.choice(members, per_class, replace=False)].reshape(-1, side, side)
+        out.extend(np.rot90(square, r, axes=(1, 2)).reshape(per_class, -1) for r in range(4))
+    return np.stack(out)
 
 
 def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
