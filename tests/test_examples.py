@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from ziggurat.examples import fewshot, hpo, load, maml, reweight, three_level
+from ziggurat.examples import fewshot, hpo, load, maml, nas, reweight, three_level
 from ziggurat.examples.data import (
     digits,
     fashion_mnist_dir,
@@ -125,6 +126,30 @@ def test_learning_by_ignoring_beats_uniform_pretraining() -> None:
     assert result.extra["weight_marked"] < result.extra["weight_other"] - 0.2
 
 
+def test_derived_cell_never_keeps_zero() -> None:
+    alpha = torch.zeros(3, len(nas.OPS))
+    alpha[:, nas.OPS.index("zero")] = 5.0  # zero is the strongest everywhere
+    alpha[0, nas.OPS.index("skip")] = 1.0
+    alpha[1, nas.OPS.index("conv_3x3")] = 2.0
+    alpha[2, nas.OPS.index("avg_pool_3x3")] = 0.5
+    assert nas.derive(alpha) == ["skip", "conv_3x3", "avg_pool_3x3"]
+    gen = torch.Generator().manual_seed(0)
+    assert all("zero" not in nas.random_cell(gen) for _ in range(50))
+
+
+def test_darts_search_beats_random_cells() -> None:
+    result = nas.run(steps=150, progress=False, images=digits(0))
+    assert result.row("test accuracy vs random cells (mean)").gain > 0.03, str(result)
+    assert result.extra["conv_edges"] >= 2, str(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["first_order", "darts_xi"])
+def test_other_darts_rules_beat_random_cells(method: str) -> None:
+    result = nas.run(steps=150, method=method, progress=False, images=digits(0))
+    assert result.row("test accuracy vs random cells (mean)").gain > 0.03, str(result)
+
+
 def test_unknown_example_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="choose one of reweight"):
         load("nope")
@@ -162,6 +187,7 @@ def test_demo_fewshot_takes_shots() -> None:
     [
         (("demo", "nope"), "choose one of reweight"),
         (("demo", "hpo", "--method", "x"), "choose one of cg"),
+        (("demo", "nas", "--method", "cg"), "choose one of darts"),
         (("demo", "--steps", "0"), "positive integer"),
         (("demo", "maml", "--shots", "1"), "only to the fewshot example"),
         (("demo", "fewshot", "--shots", "3"), "invalid choice"),

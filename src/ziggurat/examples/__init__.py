@@ -11,7 +11,7 @@ from types import ModuleType
 from ._result import Result as Result
 from ._result import Row as Row
 
-EXAMPLES = ("reweight", "hpo", "maml", "fewshot", "three_level")
+EXAMPLES = ("reweight", "hpo", "maml", "fewshot", "three_level", "nas")
 DEFAULT = "reweight"
 
 
