@@ -22,7 +22,7 @@ from registry import (
 from ziggurat import linalg
 from ziggurat._products import Linearization
 from ziggurat.analytic import LogisticHPO, QuadraticBilevel, QuadraticTrilevel, RidgeHPO
-from ziggurat.hypergradient import Hop, cg, exact, fold, from_name
+from ziggurat.hypergradient import Hop, cg, darts, exact, fold, from_name
 
 TOL_EXACT = 1e-8
 
@@ -269,3 +269,15 @@ def test_methods_accept_live_parameters_that_require_grad(quad: QuadraticBilevel
         assert not got.requires_grad
         if name == "darts":
             assert torch.equal(got, expected)
+
+
+def test_darts_scale_is_the_papers_xi(quad: QuadraticBilevel) -> None:
+    """``darts(scale=xi)`` is ``xi`` times Betty's rule (Liu et al.'s second-order term), and
+    ``scale <= 0`` is refused."""
+    w, lam, v = quad.point()
+    plain = darts(0.01)(quad.inner, w, lam, v).vjp["lam"]
+    scaled = darts(0.01, scale=0.05)(quad.inner, w, lam, v).vjp["lam"]
+    torch.testing.assert_close(scaled, 0.05 * plain, atol=1e-14, rtol=0)
+    assert float(plain.norm()) > 0.1
+    with pytest.raises(ValueError, match="identity scale"):
+        darts(scale=0.0)

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configs import Config, EngineConfig
-from ..hypergradient import Implicit, MixedFiniteDifference
-from ..linalg import identity
+from ..hypergradient import darts
 from ..problems import ImplicitProblem
 from ._cells import CELLS, OPS, Network, derive, edges, random_cell
 from ._progress import ProgressEngine, progress_range
@@ -177,12 +176,10 @@ def supernet_config(method: str) -> Config:
     * ``first_order``: ``Config(type="first_order")``, no term through the weights (the paper's
       first-order DARTS);
     * ``darts_xi``: the rule of Liu et al. (2019, sec. 2.3), the same term scaled by ``xi``,
-      the weights' learning rate (``H^{-1} ~ xi I``), built from the core's identity solver and
-      finite-difference mixed rule.
+      the weights' learning rate (``H^{-1} ~ xi I``): ``darts(radius, scale=xi)``.
     """
     if method == "darts_xi":
-        rule = Implicit(identity(scale=LR_WEIGHTS), MixedFiniteDifference(FD_RADIUS), label="darts")
-        return Config(hypergradient=rule)
+        return Config(hypergradient=darts(FD_RADIUS, scale=LR_WEIGHTS))
     return Config(type=method, darts_alpha=FD_RADIUS)
 
 

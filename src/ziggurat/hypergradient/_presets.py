@@ -19,13 +19,16 @@ from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._unrolled import Unrolled
 
 
-def darts(radius: float | None = None) -> Implicit:
-    """DARTS (Liu et al., ICLR 2019), read as implicit differentiation with ``H^{-1} ~ I``.
+def darts(radius: float | None = None, *, scale: float = 1.0) -> Implicit:
+    """DARTS (Liu et al., ICLR 2019), read as implicit differentiation with ``H^{-1} ~ scale I``.
 
     The mixed product is a central finite difference; ``radius=None`` picks the step from the
-    dtype, a number sets ``h = radius / ||v||`` (Betty's ``darts_alpha``). Costs 2 G.
+    dtype, a number sets ``h = radius / ||v||`` (Betty's ``darts_alpha``). ``scale=1`` is
+    Betty's rule; the paper's second-order term is ``scale = xi``, the lower level's learning
+    rate (its one-step unrolled approximation), which keeps that term from dominating the
+    direct gradient when the lower loss is stiff. Costs 2 G.
     """
-    return Implicit(linalg.identity(), MixedFiniteDifference(radius), label="darts")
+    return Implicit(linalg.identity(scale), MixedFiniteDifference(radius), label="darts")
 
 
 def neumann(
