@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -61,6 +62,22 @@ class CostUnits:
     h_seconds: float
 
 
+class _Named(Protocol):
+    @property
+    def method(self) -> str: ...
+
+
+RowT = TypeVar("RowT", bound=_Named)
+
+
+def find_row(rows: list[RowT], method: str) -> RowT:
+    """The row of ``method``; a ``KeyError`` listing the rows otherwise."""
+    for r in rows:
+        if r.method == method:
+            return r
+    raise KeyError(f"no row for {method!r}; rows: {[r.method for r in rows]}")
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """Rows of :func:`verify`, printable as a table."""
@@ -70,10 +87,7 @@ class VerifyReport:
     units: CostUnits | None = None
 
     def row(self, method: str) -> VerifyRow:
-        for r in self.rows:
-            if r.method == method:
-                return r
-        raise KeyError(f"no row for {method!r}; rows: {[r.method for r in self.rows]}")
+        return find_row(self.rows, method)
 
     def __str__(self) -> str:
         width = max([14, *(len(r.method) + 2 for r in self.rows)])

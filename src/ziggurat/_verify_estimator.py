@@ -22,6 +22,7 @@ import torch
 
 from . import _checks, _tree
 from ._types import Params
+from ._verify import find_row
 
 Estimator = Callable[[torch.Generator], Params]
 """``estimate(generator) -> gradient estimate``, a tree shaped like the truth."""
@@ -59,10 +60,7 @@ class EstimatorReport:
     rows: list[EstimatorRow] = field(default_factory=list)
 
     def row(self, method: str) -> EstimatorRow:
-        for r in self.rows:
-            if r.method == method:
-                return r
-        raise KeyError(f"no row for {method!r}; rows: {[r.method for r in self.rows]}")
+        return find_row(self.rows, method)
 
     def __str__(self) -> str:
         width = max([14, *(len(r.method) + 2 for r in self.rows)])
