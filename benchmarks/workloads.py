@@ -326,7 +326,9 @@ def upper_floor_s(method: str, prim: Any, u: float) -> float:
     return u + floors.floor(spec, prim).seconds
 
 
-def run(root: str, workload: str, method: str, size: str, iters: int, warmup: int) -> dict:
+def run(
+    root: str, workload: str, method: str, size: str, iters: int, warmup: int, floor: bool = True
+) -> dict:
     torch.set_num_threads(1)
     stamps: dict[str, list[float]] = {"lower": [], "upper": []}
     engine_mod, upper, lower, batch = build(root, workload, method, size, stamps)
@@ -351,7 +353,7 @@ def run(root: str, workload: str, method: str, size: str, iters: int, warmup: in
         "rss_mb": rss_mb,
         "params": sum(p.numel() for p in lower.module.parameters()),
     }
-    if root == "ziggurat":
+    if root == "ziggurat" and floor:
         reps = max(5, min(iters, 15))
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
         prim, u = floor_primitives(workload, upper, lower, batch, reps)
@@ -367,8 +369,11 @@ def main() -> None:
     parser.add_argument("--size", choices=list(SIZES), default="10k")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-floor", action="store_true", help="skip the plain and floor timings")
     args = parser.parse_args()
-    result = run(args.root, args.workload, args.method, args.size, args.iters, args.warmup)
+    result = run(
+        args.root, args.workload, args.method, args.size, args.iters, args.warmup, not args.no_floor
+    )
     print(json.dumps(result))
 
 
