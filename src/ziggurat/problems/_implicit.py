@@ -24,6 +24,12 @@ class ImplicitProblem(Problem):
             return HopContext(context.warm_start, self._adam_preconditioner())
         return context
 
+    def reads_last_grads(self) -> bool:
+        """SAMA with an Adam/AdamW optimizer builds its preconditioner from the last gradients."""
+        local = self._own_optimizer()
+        adam = isinstance(local, (torch.optim.Adam, torch.optim.AdamW))
+        return adam and isinstance(self.hop_method(), Sama)
+
     def _adam_preconditioner(self) -> Params | None:
         """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity).
 

@@ -486,9 +486,7 @@ class Problem:
             self.scaler.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
-        self._last_grads = {
-            k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None
-        }
+        self._last_grads = self._snapshot_grads(params) if self.reads_last_grads() else None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when the unscaled gradients are not finite
             self.scaler.update()
@@ -500,6 +498,18 @@ class Problem:
             self.engine.distributed.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
             self.scheduler.step()
+
+    def reads_last_grads(self) -> bool:
+        """Whether a hop reads the gradients of this problem's last update. Default: no.
+
+        Keeping them costs a copy of every gradient per update and that much memory, so only a
+        problem whose hops read them (SAMA's Adam preconditioner) keeps them.
+        """
+        return False
+
+    @staticmethod
+    def _snapshot_grads(params: Params) -> Params:
+        return {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
 
     # ------------------------------------------------------------------ logging
     def _maybe_log(self) -> None:
