@@ -345,10 +345,10 @@ class Problem:
             )
         return out.reshape(()), metrics
 
-    def _check_finite(self, loss: Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach())):
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"problem {self._name!r}: loss is {float(loss.detach())} at global step "
+                f"problem {self._name!r}: loss is {loss} at global step "
                 f"{self._global_step}, local step {self._count}; lower the learning rate, "
                 "clip gradients (Config(gradient_clipping=...)) or check the data"
             )
@@ -433,8 +433,8 @@ class Problem:
             self._window = []
         self._window.append(self.cur_batch)
         loss = self.loss_of(self.cur_batch)
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
+        self.last_loss = float(loss.detach())  # the one host sync of a step's loss
+        self._check_finite(self.last_loss)
         scaled = loss / self._config.gradient_accumulation
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
