@@ -85,7 +85,12 @@ def norm(a: Params) -> Tensor:
 
 
 def detach(a: Mapping[str, Tensor]) -> Params:
-    return {k: t.detach() for k, t in a.items()}
+    """The tensors cut from any graph; a tensor that carries none is returned as it is.
+
+    A tensor with ``requires_grad=False`` has no graph behind it, and ``detach()`` would only
+    make a second handle on the same storage; skipping it saves a dispatch per leaf.
+    """
+    return {k: t.detach() if t.requires_grad else t for k, t in a.items()}
 
 
 def leaves(a: Mapping[str, Tensor]) -> Params:
