@@ -435,7 +435,8 @@ class Problem:
         loss = self.loss_of(self.cur_batch)
         self.last_loss = float(loss.detach())  # the one host sync of a step's loss
         self._check_finite(self.last_loss)
-        scaled = loss / self._config.gradient_accumulation
+        k = self._config.gradient_accumulation
+        scaled = loss if k == 1 else loss / k  # dividing by 1 would add a node to the graph
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
         grads = self.gradients(scaled)
