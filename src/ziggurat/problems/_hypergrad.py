@@ -86,5 +86,5 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
             lower.remember_hop(key, hop.method, info)
         problem.last_hop_info.extend(infos)
-    problem.last_hypergradient_norm = float(_tree.norm(hyper)) if hyper is not None else math.nan
+    problem.set_hypergradient_norm(_tree.norm(hyper) if hyper is not None else math.nan)
     return total

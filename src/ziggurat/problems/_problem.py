@@ -110,7 +110,7 @@ class Problem:
         self._cache: dict[str, Any] | None = None
         self._last_grads: Params | None = None
         self.scaler: torch.amp.GradScaler | None = None
-        self.last_hypergradient_norm: float = math.nan
+        self._hypergradient_norm: Tensor | float = math.nan
         self._window: list[Any] = []  # batches of the current accumulation window
         self._window_closed = True
 
@@ -203,6 +203,20 @@ class Problem:
     @property
     def leaf(self) -> bool:
         return not self.children
+
+    @property
+    def last_hypergradient_norm(self) -> float:
+        """Norm of the hypergradient of the last step (NaN before any, or without paths).
+
+        Kept as a tensor until read, so a step that nobody logs costs no host sync for it.
+        """
+        if isinstance(self._hypergradient_norm, Tensor):
+            self._hypergradient_norm = float(self._hypergradient_norm)
+        return self._hypergradient_norm
+
+    def set_hypergradient_norm(self, norm: Tensor | float) -> None:
+        """Record the last step's hypergradient norm (read as :attr:`last_hypergradient_norm`)."""
+        self._hypergradient_norm = norm
 
     @property
     def training(self) -> bool:
