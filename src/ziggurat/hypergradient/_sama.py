@@ -44,13 +44,15 @@ def adam_preconditioner(
     out: Params = {}
     # du/dg = lr / (bc1 (s + eps)) * [(1 - b1) - (1 - b2) m g / (bc2 s (s + eps))], computed
     # in place: three temporaries per tensor instead of a dozen (it runs on every parameter at
-    # every upper step). Where s = 0, v = 0 and so g = 0: clamping s keeps that term at 0.
+    # every upper step). Where s = 0, v = 0 and so g = 0: clamping the product s (s + eps)
+    # keeps that term at 0. (Clamping s alone did not: tiny * eps underflows to 0 in float32,
+    # and 0 / 0 made the preconditioner NaN for any parameter that never had a gradient.)
     for k, m in exp_avg.items():
         v, g = exp_avg_sq[k], last_grad[k]
         s = torch.sqrt(v / bc2)
         denom = s + eps
         term = (m * g).mul_((1 - b2) / bc2)
-        term.div_(s.clamp_min_(torch.finfo(s.dtype).tiny).mul_(denom))
+        term.div_(s.mul_(denom).clamp_min_(torch.finfo(s.dtype).tiny))
         out[k] = term.neg_().add_(1 - b1).div_(denom).mul_(lr / bc1)
     return out
 
