@@ -326,6 +326,71 @@ def upper_floor_s(method: str, prim: Any, u: float) -> float:
     return u + floors.floor(spec, prim).seconds
 
 
+def step_terms(upper: Any, lower: Any, reps: int) -> dict[str, float]:
+    """Plain-torch timings of the work an upper step does beyond ``U`` and the method's floor.
+
+    ``fetch``: one upper batch from the loader; ``opt``: one step of the upper optimizer
+    (the workload's Adam, on copies of the upper parameters with gradients set); over trees
+    shaped like the lower parameters: ``norm`` (per-tensor norms, then their norm), ``axpy``
+    (``w + h v`` into a new tensor, how a perturbation that leaves ``w`` intact is formed),
+    ``axpy_`` (the same update in place), ``dot`` (``sum(a * b)``), ``e3`` (one elementwise
+    pass reading three tensors, ``addcmul``: the least any elementwise function of Adam's two
+    moments and the gradient costs) and ``e2`` (one product of two tensors).
+    """
+    w = [p.detach().clone() for p in lower.module.parameters()]
+    v = [torch.randn_like(t) for t in w]
+    buf = [t.clone() for t in w]
+    lam = [p.detach().clone().requires_grad_(True) for p in upper.module.parameters()]
+    for p in lam:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.Adam(lam, lr=1e-3)
+    loader = upper.train_data_loader
+
+    def norm() -> None:
+        float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v])))
+
+    def dot() -> None:
+        torch.stack([torch.sum(a * b) for a, b in pairs(w, v)]).sum()
+
+    return {
+        "fetch": timed(lambda: next(loader), reps),
+        "opt": timed(opt.step, reps),
+        "norm": timed(norm, reps),
+        "axpy": timed(lambda: [torch.add(a, b, alpha=1e-3) for a, b in pairs(w, v)], reps),
+        "axpy_": timed(lambda: [a.add_(b, alpha=1e-9) for a, b in pairs(buf, v)], reps),
+        "dot": timed(dot, reps),
+        "e3": timed(lambda: [torch.addcmul(a, a, b) for a, b in pairs(w, v)], reps),
+        "e2": timed(lambda: [a * b for a, b in pairs(w, v)], reps),
+    }
+
+
+def pairs(a: list[Tensor], b: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    return list(zip(a, b, strict=True))
+
+
+def step_extra_s(method: str, e: dict[str, float]) -> float:
+    """What an upper step must spend beyond the floor of ``upper_floor_s`` (see ``step_terms``).
+
+    Every step fetches a batch and steps the upper optimizer. DARTS and SAMA take the norm of
+    the cotangent (the step is ``radius / ||v||``) and form ``w + h v`` and ``w - h v``
+    (two new trees; perturbing in place takes three passes and does not restore ``w``
+    exactly); SAMA also builds its diagonal from Adam's state (at least one three-input pass)
+    and multiplies the cotangent by it. Neumann(K) updates its term and its sum in each
+    iteration and scales the sum once (``2K + 1`` in-place passes). CG(K) spends three in-place
+    updates and two dot products per iteration and one initial dot product.
+    """
+    out = e["fetch"] + e["opt"]
+    if method in ("darts", "sama"):
+        out += e["norm"] + 2 * e["axpy"]
+    if method == "sama":
+        out += e["e3"] + e["e2"]
+    if method == "neumann":
+        out += (2 * K + 1) * e["axpy_"]
+    if method == "cg":
+        out += K * (3 * e["axpy_"] + 2 * e["dot"]) + e["dot"]
+    return out
+
+
 def run(
     root: str, workload: str, method: str, size: str, iters: int, warmup: int, floor: bool = True
 ) -> dict:
@@ -358,6 +423,10 @@ def run(
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
         prim, u = floor_primitives(workload, upper, lower, batch, reps)
         out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u) * 1e3
+        terms = step_terms(upper, lower, reps)
+        out["step_terms_ms"] = {k: t * 1e3 for k, t in terms.items()}
+        extra = step_extra_s(method, terms) * 1e3
+        out["step_floor_ms"] = None if prim is None else out["floor_ms"] + extra
     return out
 
 

@@ -40,3 +40,30 @@ PRIM = floors.Primitives(g=1.0, g_w=1.5, build=3.0, hvp=2.0, mixed=0.5, first_or
 )
 def test_upper_floor_is_upper_gradient_plus_method_floor(method: str, expected: float) -> None:
     assert workloads.upper_floor_s(method, PRIM, 0.25) == pytest.approx(expected)
+
+
+# made-up per-term costs (see workloads.step_terms)
+TERMS = {
+    "fetch": 0.01,
+    "opt": 0.02,
+    "norm": 0.1,
+    "axpy": 0.3,
+    "axpy_": 0.2,
+    "dot": 0.4,
+    "e3": 0.5,
+    "e2": 0.6,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("first_order", 0.03),
+        ("darts", 0.03 + 0.1 + 2 * 0.3),
+        ("sama", 0.03 + 0.1 + 2 * 0.3 + 0.5 + 0.6),
+        ("neumann", 0.03 + (2 * workloads.K + 1) * 0.2),
+        ("cg", 0.03 + workloads.K * (3 * 0.2 + 2 * 0.4) + 0.4),
+    ],
+)
+def test_step_floor_adds_the_work_the_floor_omits(method: str, expected: float) -> None:
+    assert workloads.step_extra_s(method, TERMS) == pytest.approx(expected)
