@@ -181,6 +181,8 @@ def build(root: str, workload: str, method: str, size: str, stamps: dict[str, li
 
         def param_callback(self) -> None:
             stamps["upper"].append(time.perf_counter())
+            if root == "ziggurat":  # products the solver spent (CG stops early, see run)
+                stamps["products"].extend(float(i.iterations) for i in self.last_hop_info)
 
     class Lower(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
         def training_step(self, batch: Any) -> Tensor:
@@ -316,13 +318,18 @@ def floor_primitives(
     return prim, u
 
 
-def upper_floor_s(method: str, prim: Any, u: float) -> float:
-    """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``)."""
+def upper_floor_s(method: str, prim: Any, u: float, k: int = K) -> float:
+    """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``).
+
+    ``k`` is the number of solver products: ``K`` for Neumann; for CG the number it spent,
+    since it stops at a direction of non-positive curvature (often after 2 or 3 of ``K`` on
+    these non-convex losses), where Betty's CG always runs ``K``.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import floors
 
     kind = method
-    spec = floors.MethodSpec(method, kind, K if kind in ("neumann", "cg") else 0)
+    spec = floors.MethodSpec(method, kind, k if kind in ("neumann", "cg") else 0)
     return u + floors.floor(spec, prim).seconds
 
 
@@ -368,7 +375,7 @@ def pairs(a: list[Tensor], b: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
     return list(zip(a, b, strict=True))
 
 
-def step_extra_s(method: str, e: dict[str, float]) -> float:
+def step_extra_s(method: str, e: dict[str, float], k: int = K) -> float:
     """What an upper step must spend beyond the floor of ``upper_floor_s`` (see ``step_terms``).
 
     Every step fetches a batch and steps the upper optimizer. DARTS and SAMA take the norm of
@@ -376,8 +383,8 @@ def step_extra_s(method: str, e: dict[str, float]) -> float:
     (two new trees; perturbing in place takes three passes and does not restore ``w``
     exactly); SAMA also builds its diagonal from Adam's state (at least one three-input pass)
     and multiplies the cotangent by it. Neumann(K) updates its term and its sum in each
-    iteration and scales the sum once (``2K + 1`` in-place passes). CG(K) spends three in-place
-    updates and two dot products per iteration and one initial dot product.
+    iteration and scales the sum once (``2K + 1`` in-place passes). CG spends three in-place
+    updates and two dot products per iteration it takes (``k``) and one initial dot product.
     """
     out = e["fetch"] + e["opt"]
     if method in ("darts", "sama"):
@@ -387,7 +394,7 @@ def step_extra_s(method: str, e: dict[str, float]) -> float:
     if method == "neumann":
         out += (2 * K + 1) * e["axpy_"]
     if method == "cg":
-        out += K * (3 * e["axpy_"] + 2 * e["dot"]) + e["dot"]
+        out += k * (3 * e["axpy_"] + 2 * e["dot"]) + e["dot"]
     return out
 
 
@@ -395,7 +402,7 @@ def run(
     root: str, workload: str, method: str, size: str, iters: int, warmup: int, floor: bool = True
 ) -> dict:
     torch.set_num_threads(1)
-    stamps: dict[str, list[float]] = {"lower": [], "upper": []}
+    stamps: dict[str, list[float]] = {"lower": [], "upper": [], "products": []}
     engine_mod, upper, lower, batch = build(root, workload, method, size, stamps)
     configs = importlib.import_module(f"{root}.configs")
     engine = engine_mod.Engine(
@@ -418,14 +425,18 @@ def run(
         "rss_mb": rss_mb,
         "params": sum(p.numel() for p in lower.module.parameters()),
     }
+    products = stamps["products"][warmup:]
+    k = max(1, round(statistics.median(products))) if products and method == "cg" else K
+    if root == "ziggurat":
+        out["solver_products"] = statistics.median(products) if products else None
     if root == "ziggurat" and floor:
         reps = max(5, min(iters, 15))
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
         prim, u = floor_primitives(workload, upper, lower, batch, reps)
-        out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u) * 1e3
+        out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u, k) * 1e3
         terms = step_terms(upper, lower, reps)
-        out["step_terms_ms"] = {k: t * 1e3 for k, t in terms.items()}
-        extra = step_extra_s(method, terms) * 1e3
+        out["step_terms_ms"] = {name: t * 1e3 for name, t in terms.items()}
+        extra = step_extra_s(method, terms, k) * 1e3
         out["step_floor_ms"] = None if prim is None else out["floor_ms"] + extra
     return out
 

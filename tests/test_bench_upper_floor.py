@@ -67,3 +67,10 @@ TERMS = {
 )
 def test_step_floor_adds_the_work_the_floor_omits(method: str, expected: float) -> None:
     assert workloads.step_extra_s(method, TERMS) == pytest.approx(expected)
+
+
+def test_cg_floors_count_the_products_it_spent() -> None:
+    # CG stopped after 2 of K products: B + 3 H and 2 iterations of vector work
+    assert workloads.upper_floor_s("cg", PRIM, 0.25, 2) == pytest.approx(0.25 + 3.0 + 3 * 2.0)
+    expected = 0.03 + 2 * (3 * 0.2 + 2 * 0.4) + 0.4
+    assert workloads.step_extra_s("cg", TERMS, 2) == pytest.approx(expected)
