@@ -262,8 +262,10 @@ def pure_lower_loss(workload: str, upper: Any, lower: Any, x: Tensor, y: Tensor)
 
 def floor_primitives(
     workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], reps: int
-) -> tuple[Any, float]:
-    """Plain-autograd primitives of the lower loss ``f(w, lam)`` and the upper gradient ``U``."""
+) -> tuple[Any, float, float]:
+    """Plain-autograd primitives of the lower loss ``f(w, lam)``, the upper gradient ``U`` and
+    the upper loss's forward alone (what a first-order step needs: the upper loss here does not
+    read the upper parameters, so their direct gradient costs nothing more)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import floors
 
@@ -310,16 +312,25 @@ def floor_primitives(
         "B+KM": timed(lambda: products("lam"), reps),
         "FO": 0.0,
     }
-    u = timed(upper_grad, reps)
+
+    def upper_forward() -> None:
+        F.cross_entropy(torch.func.functional_call(model, leaves(w0), (xm,)), ym)
+
+    u, u_forward = timed(upper_grad, reps), timed(upper_forward, reps)
     try:
         prim = floors.primitives_from_timings(t, 10)
     except ValueError:
-        return None, u
-    return prim, u
+        return None, u, u_forward
+    return prim, u, u_forward
 
 
-def upper_floor_s(method: str, prim: Any, u: float, k: int = K) -> float:
+def upper_floor_s(
+    method: str, prim: Any, u: float, k: int = K, u_forward: float | None = None
+) -> float:
     """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``).
+
+    A first-order step needs no gradient with respect to the lower weights: given the upper
+    loss's forward alone (``u_forward``), that is its floor.
 
     ``k`` is the number of solver products: ``K`` for Neumann; for CG the number it spent,
     since it stops at a direction of non-positive curvature (often after 2 or 3 of ``K`` on
@@ -328,6 +339,8 @@ def upper_floor_s(method: str, prim: Any, u: float, k: int = K) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import floors
 
+    if method == "first_order" and u_forward is not None:
+        return u_forward
     kind = method
     spec = floors.MethodSpec(method, kind, k if kind in ("neumann", "cg") else 0)
     return u + floors.floor(spec, prim).seconds
@@ -432,8 +445,9 @@ def run(
     if root == "ziggurat" and floor:
         reps = max(5, min(iters, 15))
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
-        prim, u = floor_primitives(workload, upper, lower, batch, reps)
-        out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u, k) * 1e3
+        prim, u, u_forward = floor_primitives(workload, upper, lower, batch, reps)
+        floor_s = None if prim is None else upper_floor_s(method, prim, u, k, u_forward)
+        out["floor_ms"] = None if floor_s is None else floor_s * 1e3
         terms = step_terms(upper, lower, reps)
         out["step_terms_ms"] = {name: t * 1e3 for name, t in terms.items()}
         extra = step_extra_s(method, terms, k) * 1e3

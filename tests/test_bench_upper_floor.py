@@ -69,6 +69,10 @@ def test_step_floor_adds_the_work_the_floor_omits(method: str, expected: float) 
     assert workloads.step_extra_s(method, TERMS) == pytest.approx(expected)
 
 
+def test_a_first_order_step_needs_only_the_upper_forward() -> None:
+    assert workloads.upper_floor_s("first_order", PRIM, 0.25, u_forward=0.1) == 0.1
+
+
 def test_cg_floors_count_the_products_it_spent() -> None:
     # CG stopped after 2 of K products: B + 3 H and 2 iterations of vector work
     assert workloads.upper_floor_s("cg", PRIM, 0.25, 2) == pytest.approx(0.25 + 3.0 + 3 * 2.0)
