@@ -11,9 +11,14 @@ peak RSS (``ru_maxrss``). Without ``--betty`` only ziggurat runs. ``--quick`` is
 version behind ``ziggurat bench`` (workload b and the 10k/1M scaling points, fewer iterations).
 
 Columns: ``upper``/``lower`` ms per step; ``plain`` ms of one plain PyTorch training step of
-the same lower model; ``floor`` ms of an upper step's floor (the upper gradient plus the
-method's floor from ``floors.py``, timed with plain autograd in the same process);
-``x floor`` = upper / floor; ``x Betty`` = ours / Betty for upper-step time and peak RSS.
+the same lower model; ``solver products``: Hessian-vector products a solver spent per upper
+step (CG stops at non-positive curvature, Betty's always runs its K); ``floor`` ms of an upper
+step's floor (the upper gradient plus the method's floor from ``floors.py`` with the products
+spent, timed with plain autograd in the same process); ``x floor`` = upper / floor;
+``step floor`` adds what an upper step must also spend and the floor omits (batch fetch, the
+upper optimizer's step, the method's vector work: see ``workloads.step_extra_s``), timed the
+same way, and ``x step floor`` = upper / step floor; ``x Betty`` = ours / Betty for
+upper-step time and peak RSS.
 """
 
 from __future__ import annotations
@@ -79,21 +84,23 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def table(rows: list[dict]) -> str:
     head = (
         "| workload | params | method | upper ms | lower ms | plain ms | upper / plain | "
-        "floor ms | x floor | RSS MB | Betty upper ms | Betty lower ms | Betty RSS MB | "
-        "upper x Betty | RSS x Betty |"
+        "solver products | floor ms | x floor | step floor ms | x step floor | RSS MB | "
+        "Betty upper ms | Betty lower ms | Betty RSS MB | upper x Betty | RSS x Betty |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 18]
     for r in rows:
         z, b = r["ours"], r["betty"]
         name = r["workload"] if r["workload"] != "d" else f"d {r['size']}"
         zu, bu = med(z, "upper_ms"), med(b, "upper_ms")
         zr, br = med(z, "rss_mb"), med(b, "rss_mb")
-        plain, fl = med(z, "plain_ms"), med(z, "floor_ms")
+        plain, fl, sf = med(z, "plain_ms"), med(z, "floor_ms"), med(z, "step_floor_ms")
         params = med(z, "params") or med(b, "params")
         lines.append(
             f"| {name} | {fmt(params, ',.0f')} | {r['method']} | {fmt(zu)} | "
-            f"{fmt(med(z, 'lower_ms'))} | {fmt(plain)} | {fmt(ratio(zu, plain))} | {fmt(fl)} | "
-            f"{fmt(ratio(zu, fl))} | {fmt(zr, '.0f')} | {fmt(bu)} | {fmt(med(b, 'lower_ms'))} | "
+            f"{fmt(med(z, 'lower_ms'))} | {fmt(plain)} | {fmt(ratio(zu, plain))} | "
+            f"{fmt(med(z, 'solver_products'), '.0f')} | {fmt(fl)} | "
+            f"{fmt(ratio(zu, fl))} | {fmt(sf)} | {fmt(ratio(zu, sf))} | {fmt(zr, '.0f')} | "
+            f"{fmt(bu)} | {fmt(med(b, 'lower_ms'))} | "
             f"{fmt(br, '.0f')} | {fmt(ratio(zu, bu))} | {fmt(ratio(zr, br))} |"
         )
     return "\n".join(lines)

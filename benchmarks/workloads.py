@@ -181,6 +181,8 @@ def build(root: str, workload: str, method: str, size: str, stamps: dict[str, li
 
         def param_callback(self) -> None:
             stamps["upper"].append(time.perf_counter())
+            if root == "ziggurat" and method in ("neumann", "cg"):  # products a solver spent
+                stamps["products"].extend(float(i.iterations) for i in self.last_hop_info)
 
     class Lower(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
         def training_step(self, batch: Any) -> Tensor:
@@ -260,8 +262,10 @@ def pure_lower_loss(workload: str, upper: Any, lower: Any, x: Tensor, y: Tensor)
 
 def floor_primitives(
     workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], reps: int
-) -> tuple[Any, float]:
-    """Plain-autograd primitives of the lower loss ``f(w, lam)`` and the upper gradient ``U``."""
+) -> tuple[Any, float, float]:
+    """Plain-autograd primitives of the lower loss ``f(w, lam)``, the upper gradient ``U`` and
+    the upper loss's forward alone (what a first-order step needs: the upper loss here does not
+    read the upper parameters, so their direct gradient costs nothing more)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import floors
 
@@ -308,27 +312,110 @@ def floor_primitives(
         "B+KM": timed(lambda: products("lam"), reps),
         "FO": 0.0,
     }
-    u = timed(upper_grad, reps)
+
+    def upper_forward() -> None:
+        F.cross_entropy(torch.func.functional_call(model, leaves(w0), (xm,)), ym)
+
+    u, u_forward = timed(upper_grad, reps), timed(upper_forward, reps)
     try:
         prim = floors.primitives_from_timings(t, 10)
     except ValueError:
-        return None, u
-    return prim, u
+        return None, u, u_forward
+    return prim, u, u_forward
 
 
-def upper_floor_s(method: str, prim: Any, u: float) -> float:
-    """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``)."""
+def upper_floor_s(
+    method: str, prim: Any, u: float, k: int = K, u_forward: float | None = None
+) -> float:
+    """Floor of one upper step: the upper gradient ``U`` plus the method's floor (``FO = 0``).
+
+    A first-order step needs no gradient with respect to the lower weights: given the upper
+    loss's forward alone (``u_forward``), that is its floor.
+
+    ``k`` is the number of solver products: ``K`` for Neumann; for CG the number it spent,
+    since it stops at a direction of non-positive curvature (often after 2 or 3 of ``K`` on
+    these non-convex losses), where Betty's CG always runs ``K``.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import floors
 
+    if method == "first_order" and u_forward is not None:
+        return u_forward
     kind = method
-    spec = floors.MethodSpec(method, kind, K if kind in ("neumann", "cg") else 0)
+    spec = floors.MethodSpec(method, kind, k if kind in ("neumann", "cg") else 0)
     return u + floors.floor(spec, prim).seconds
 
 
-def run(root: str, workload: str, method: str, size: str, iters: int, warmup: int) -> dict:
+def step_terms(upper: Any, lower: Any, reps: int) -> dict[str, float]:
+    """Plain-torch timings of the work an upper step does beyond ``U`` and the method's floor.
+
+    ``fetch``: one upper batch from the loader; ``opt``: one step of the upper optimizer
+    (the workload's Adam, on copies of the upper parameters with gradients set); over trees
+    shaped like the lower parameters: ``norm`` (per-tensor norms, then their norm), ``axpy``
+    (``w + h v`` into a new tensor, how a perturbation that leaves ``w`` intact is formed),
+    ``axpy_`` (the same update in place), ``dot`` (``sum(a * b)``), ``e3`` (one elementwise
+    pass reading three tensors, ``addcmul``: the least any elementwise function of Adam's two
+    moments and the gradient costs) and ``e2`` (one product of two tensors).
+    """
+    w = [p.detach().clone() for p in lower.module.parameters()]
+    v = [torch.randn_like(t) for t in w]
+    buf = [t.clone() for t in w]
+    lam = [p.detach().clone().requires_grad_(True) for p in upper.module.parameters()]
+    for p in lam:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.Adam(lam, lr=1e-3)
+    loader = upper.train_data_loader
+
+    def norm() -> None:
+        float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v])))
+
+    def dot() -> None:
+        torch.stack([torch.sum(a * b) for a, b in pairs(w, v)]).sum()
+
+    return {
+        "fetch": timed(lambda: next(loader), reps),
+        "opt": timed(opt.step, reps),
+        "norm": timed(norm, reps),
+        "axpy": timed(lambda: [torch.add(a, b, alpha=1e-3) for a, b in pairs(w, v)], reps),
+        "axpy_": timed(lambda: [a.add_(b, alpha=1e-9) for a, b in pairs(buf, v)], reps),
+        "dot": timed(dot, reps),
+        "e3": timed(lambda: [torch.addcmul(a, a, b) for a, b in pairs(w, v)], reps),
+        "e2": timed(lambda: [a * b for a, b in pairs(w, v)], reps),
+    }
+
+
+def pairs(a: list[Tensor], b: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    return list(zip(a, b, strict=True))
+
+
+def step_extra_s(method: str, e: dict[str, float], k: int = K) -> float:
+    """What an upper step must spend beyond the floor of ``upper_floor_s`` (see ``step_terms``).
+
+    Every step fetches a batch and steps the upper optimizer. DARTS and SAMA take the norm of
+    the cotangent (the step is ``radius / ||v||``) and form ``w + h v`` and ``w - h v``
+    (two new trees; perturbing in place takes three passes and does not restore ``w``
+    exactly); SAMA also builds its diagonal from Adam's state (at least one three-input pass)
+    and multiplies the cotangent by it. Neumann(K) updates its term and its sum in each
+    iteration and scales the sum once (``2K + 1`` in-place passes). CG spends three in-place
+    updates and two dot products per iteration it takes (``k``) and one initial dot product.
+    """
+    out = e["fetch"] + e["opt"]
+    if method in ("darts", "sama"):
+        out += e["norm"] + 2 * e["axpy"]
+    if method == "sama":
+        out += e["e3"] + e["e2"]
+    if method == "neumann":
+        out += (2 * K + 1) * e["axpy_"]
+    if method == "cg":
+        out += k * (3 * e["axpy_"] + 2 * e["dot"]) + e["dot"]
+    return out
+
+
+def run(
+    root: str, workload: str, method: str, size: str, iters: int, warmup: int, floor: bool = True
+) -> dict:
     torch.set_num_threads(1)
-    stamps: dict[str, list[float]] = {"lower": [], "upper": []}
+    stamps: dict[str, list[float]] = {"lower": [], "upper": [], "products": []}
     engine_mod, upper, lower, batch = build(root, workload, method, size, stamps)
     configs = importlib.import_module(f"{root}.configs")
     engine = engine_mod.Engine(
@@ -351,11 +438,20 @@ def run(root: str, workload: str, method: str, size: str, iters: int, warmup: in
         "rss_mb": rss_mb,
         "params": sum(p.numel() for p in lower.module.parameters()),
     }
+    products = stamps["products"][warmup:]
+    k = max(1, round(statistics.median(products))) if products and method == "cg" else K
     if root == "ziggurat":
+        out["solver_products"] = statistics.median(products) if products else None
+    if root == "ziggurat" and floor:
         reps = max(5, min(iters, 15))
         out["plain_ms"] = plain_step(workload, lower, batch, reps) * 1e3
-        prim, u = floor_primitives(workload, upper, lower, batch, reps)
-        out["floor_ms"] = None if prim is None else upper_floor_s(method, prim, u) * 1e3
+        prim, u, u_forward = floor_primitives(workload, upper, lower, batch, reps)
+        floor_s = None if prim is None else upper_floor_s(method, prim, u, k, u_forward)
+        out["floor_ms"] = None if floor_s is None else floor_s * 1e3
+        terms = step_terms(upper, lower, reps)
+        out["step_terms_ms"] = {name: t * 1e3 for name, t in terms.items()}
+        extra = step_extra_s(method, terms, k) * 1e3
+        out["step_floor_ms"] = None if prim is None else out["floor_ms"] + extra
     return out
 
 
@@ -367,8 +463,11 @@ def main() -> None:
     parser.add_argument("--size", choices=list(SIZES), default="10k")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-floor", action="store_true", help="skip the plain and floor timings")
     args = parser.parse_args()
-    result = run(args.root, args.workload, args.method, args.size, args.iters, args.warmup)
+    result = run(
+        args.root, args.workload, args.method, args.size, args.iters, args.warmup, not args.no_floor
+    )
     print(json.dumps(result))
 
 

@@ -100,6 +100,7 @@ LOWER_CONFIGS = {
     # first-order lowest levels, for strategy="fsdp" (which shards them)
     "wide": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "inputs": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
+    "first_order": Config(type="first_order", unroll_steps=2),
     "three_fsdp": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "rollback_fsdp": Config(type="sama", unroll_steps=2),
     "ckpt_rollback": Config(type="sama", unroll_steps=2),
@@ -129,7 +130,8 @@ def build(
     lower level's Adam state; ``ckpt`` accumulates and perturbs the lower targets with noise
     drawn from each rank's RNG.
     """
-    low_mod = _mlp(1) if program in ("wide", "inputs", "three_fsdp") else _linear(1, DIM)
+    wide = ("wide", "inputs", "three_fsdp", "first_order")
+    low_mod = _mlp(1) if program in wide else _linear(1, DIM)
     w_mod = _linear(2, DIM)
     low_opt: torch.optim.Optimizer = (
         torch.optim.Adam(low_mod.parameters(), lr=0.05)

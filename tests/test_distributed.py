@@ -40,6 +40,8 @@ JOBS = [
     ("plateau", "ddp"),
     ("rollback", "zero"),
     ("wide", "ddp"),
+    ("first_order", "ddp"),
+    ("first_order", "fsdp"),
     ("darts", "fsdp"),
     ("wide", "fsdp"),
     ("inputs", "fsdp"),
@@ -92,7 +94,7 @@ def test_data_parallel_equals_single_process_on_global_batches(
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("program", ["darts", "wide", "sama"])
+@pytest.mark.parametrize("program", ["darts", "wide", "sama", "first_order"])
 def test_fsdp_matches_ddp(ranks: list[dict], program: str) -> None:
     for r in range(WORLD):
         assert_close(ranks[r][(program, "fsdp")], ranks[r][(program, "ddp")], atol=FSDP_ATOL)

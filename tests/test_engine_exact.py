@@ -537,3 +537,21 @@ def test_iterative_problem_whose_loss_ignores_its_params_is_an_error() -> None:
         ValueError, match=r"'it': its loss does not depend on self.params.*self\(x\)"
     ):
         Engine([p], EngineConfig(train_iters=1, valid_step=0)).run()
+
+
+def test_first_order_gives_the_direct_gradient_without_a_backward_into_the_lower() -> None:
+    q = QuadraticBilevel.make(n=6, m=4, seed=3)
+    rec = Recorder()
+    upper, lower = bilevel_program(q, Config(type="first_order"), rec)
+    into_lower: list[int] = []
+    lower.module.value.register_hook(lambda g: into_lower.append(1))
+    engine = Engine(
+        problems=[upper, lower],
+        config=EngineConfig(train_iters=4, valid_step=0),
+        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
+    )
+    engine.run()
+    lower_steps = 4  # the lower's own backward passes reach its parameters once per step
+    assert len(into_lower) == lower_steps  # the upper's did not
+    for g, snap in zip(rec.grads, rec.snapshots, strict=True):
+        torch.testing.assert_close(g, q.c * snap["lam"], rtol=0, atol=0)

@@ -39,3 +39,18 @@ def test_adam_preconditioner_matches_autograd(step: int) -> None:
     assert torch.isfinite(got).all()
     # at v = 0 (g = 0 from zero moments) only the first term remains
     torch.testing.assert_close(got[~live], torch.full_like(got[~live], lr * (1 - b1) / bc1 / eps))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_preconditioner_is_finite_where_a_parameter_never_had_a_gradient(
+    dtype: torch.dtype,
+) -> None:
+    # e.g. the weights of an input feature that is always zero: m = v = g = 0; the clamped
+    # denominator must not underflow to 0 (tiny * eps does in float32) and give 0 / 0
+    lr, b1, b2, eps, step = 1e-3, 0.9, 0.999, 1e-8, 3
+    zero = torch.zeros(4, dtype=dtype)
+    got = adam_preconditioner(
+        {"p": zero}, {"p": zero}, {"p": zero}, step=step, lr=lr, betas=(b1, b2), eps=eps
+    )["p"]
+    expected = lr * (1 - b1) / (1 - b1**step) / eps
+    torch.testing.assert_close(got, torch.full_like(got, expected))

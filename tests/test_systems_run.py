@@ -347,3 +347,27 @@ def test_missing_backend_names_the_extra(tmp_path, monkeypatch, backend):
     engine = logged_program(tmp_path, backend)
     with pytest.raises(ImportError, match=rf"ziggurat\[{backend}\]"):
         engine.run()
+
+
+def test_hypergradient_values_are_built_only_when_something_reads_them(monkeypatch):
+    from ziggurat.logging import MetricLogger
+
+    class Recording(MetricLogger):
+        def __init__(self) -> None:
+            self.rows: list[tuple[str, dict, int]] = []
+
+        def log(self, source, values, step):
+            self.rows.append((source, dict(values), step))
+
+    assert not MetricLogger().records and Recording().records
+    engine, _, _ = program(train_iters=3)
+    engine.run()  # logger "none", no log_step: the norm stays a tensor until read
+    assert isinstance(engine.upper._hypergradient_norm, torch.Tensor)
+    assert engine.upper.last_hypergradient_norm > 0
+    recording = Recording()
+    engine, _, _ = program(train_iters=3)
+    monkeypatch.setattr(engine._run, "_logger", recording)
+    monkeypatch.setattr(engine._run, "logger", lambda: recording)
+    engine.run()
+    norms = [v["norm"] for s, v, _ in recording.rows if s == "upper/hypergradient"]
+    assert len(norms) == 3 and norms[-1] == engine.upper.last_hypergradient_norm

@@ -46,3 +46,36 @@ def test_norm_matches_the_square_root_of_dot() -> None:
     assert float(_tree.norm(x)) == pytest.approx(float(torch.sqrt(_tree.dot(x, x))), rel=1e-14)
     assert float(_tree.norm({})) == 0.0
     assert float(_tree.norm({"z": torch.zeros(3, dtype=DT)})) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_variants_equal_the_pure_ones_bit_for_bit(dtype: torch.dtype) -> None:
+    x, y = ({k: t.to(dtype) for k, t in tree.items()} for tree in trees())
+    beta = torch.tensor(0.37, dtype=dtype)
+
+    def fresh() -> dict[str, torch.Tensor]:
+        return {k: t.clone() for k, t in y.items()}
+
+    pairs = [
+        (_tree.axpy(-0.3, x, y), _tree.axpy_(-0.3, x, fresh())),
+        (_tree.axpy(beta, x, y), _tree.axpy_(beta, x, fresh())),
+        (_tree.axpy(beta, y, x), _tree.xpay_(x, beta, fresh())),
+        (_tree.add(y, x), _tree.add_(fresh(), x)),
+        (_tree.scale(y, 0.1), _tree.scale_(fresh(), 0.1)),
+    ]
+    for pure, in_place in pairs:
+        assert all(torch.equal(pure[k], in_place[k]) for k in y)
+
+
+def test_in_place_variants_write_into_their_output_tree() -> None:
+    x, y = trees()
+    out = _tree.axpy_(2.0, x, y)
+    assert out is y and all(out[k] is y[k] for k in y)
+
+
+def test_detach_keeps_graph_free_tensors_and_cuts_the_others() -> None:
+    x, _ = trees()
+    live = {k: t.clone().requires_grad_(True) for k, t in x.items()}
+    assert all(_tree.detach(x)[k] is x[k] for k in x)
+    cut = _tree.detach({k: 2 * t for k, t in live.items()})
+    assert all(not t.requires_grad for t in cut.values())

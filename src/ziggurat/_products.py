@@ -161,4 +161,4 @@ def mixed_vjp_fd(
     wd, ud = _tree.detach(w), _tree.detach(u)
     plus = grad_lam(inner, _tree.axpy(h, ud, wd), lam)
     minus = grad_lam(inner, _tree.axpy(-h, ud, wd), lam)
-    return _tree.scale(_tree.sub(plus, minus), 1.0 / (2.0 * h))
+    return _tree.scale_(_tree.sub(plus, minus), 1.0 / (2.0 * h))

@@ -80,6 +80,10 @@ class RunServices:
         log.info("resumed from %s at global step %d", path, self.engine.global_step)
 
     def log_hypergradient(self, problem: Problem) -> None:
+        every = problem.config.log_step
+        console = every > 0 and problem.count % every == 0 and self.engine.distributed.is_main
+        if not console and not self.logger().records:
+            return  # nothing would read the values: leave the norm on the device
         values: dict[str, float] = {"norm": problem.last_hypergradient_norm}
         methods = []
         for i, info in enumerate(problem.last_hop_info):
@@ -88,8 +92,7 @@ class RunServices:
                 values[f"hop{i}_residual"] = float(info.residual)
             methods.append(info.method)
         step = problem.count if problem.config.log_local_step else self.engine.global_step
-        every = problem.config.log_step
-        if every > 0 and problem.count % every == 0 and self.engine.distributed.is_main:
+        if console:
             log.info(
                 "[%s/hypergradient] [global step %d] methods: %s || %s",
                 problem.name,

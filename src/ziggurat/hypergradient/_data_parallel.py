@@ -63,6 +63,10 @@ class DataParallel:
     def uses_warm_start(self) -> bool:
         return bool(getattr(self.method, "uses_warm_start", False))
 
+    @property
+    def reads_cotangent(self) -> bool:
+        return bool(getattr(self.method, "reads_cotangent", True))
+
     def __call__(
         self,
         inner: InnerLoss,

@@ -13,12 +13,19 @@ from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
 class FirstOrder:
     """Treats ``dw*/dlam`` as zero: the upper level keeps only its direct gradient.
 
-    Costs nothing. Its error is the whole indirect term, which is what ``verify`` reports.
+    Costs nothing, not even the cotangent: it reads no ``v`` (``reads_cotangent``), so the
+    engine skips the backward pass into the lower level's parameters that would produce it.
+    Its error is the whole indirect term, which is what ``verify`` reports.
     """
 
     @property
     def name(self) -> str:
         return "first_order"
+
+    @property
+    def reads_cotangent(self) -> bool:
+        """``False``: the answer does not depend on ``v``, so callers need not compute it."""
+        return False
 
     def __call__(
         self,

@@ -41,18 +41,33 @@ def adam_preconditioner(
         raise ValueError(f"adam_preconditioner needs a step >= 1 (after one update), got {step}")
     b1, b2 = betas
     bc1, bc2 = 1 - b1**step, 1 - b2**step
-    out: Params = {}
-    # du/dg = lr / (bc1 (s + eps)) * [(1 - b1) - (1 - b2) m g / (bc2 s (s + eps))], computed
-    # in place: three temporaries per tensor instead of a dozen (it runs on every parameter at
-    # every upper step). Where s = 0, v = 0 and so g = 0: clamping s keeps that term at 0.
-    for k, m in exp_avg.items():
-        v, g = exp_avg_sq[k], last_grad[k]
-        s = torch.sqrt(v / bc2)
-        denom = s + eps
-        term = (m * g).mul_((1 - b2) / bc2)
-        term.div_(s.clamp_min_(torch.finfo(s.dtype).tiny).mul_(denom))
-        out[k] = term.neg_().add_(1 - b1).div_(denom).mul_(lr / bc1)
-    return out
+    keys = list(exp_avg)
+    if not keys:
+        return {}
+    m, v, g = (
+        [exp_avg[k] for k in keys],
+        [exp_avg_sq[k] for k in keys],
+        [last_grad[k] for k in keys],
+    )
+    # du/dg = -lr / bc1 * [(1 - b2) m g / (bc2 s (s + eps)) - (1 - b1)] / (s + eps), over all
+    # tensors at once (one call per pass, not per tensor) and in place where possible: it runs
+    # on every parameter at every upper step. Where s = 0, v = 0 and so g = 0: clamping the
+    # product s (s + eps) keeps that term at 0. (Clamping s alone did not: tiny * eps
+    # underflows to 0 in float32, and 0 / 0 made the preconditioner NaN for any parameter that
+    # never had a gradient.) Negating through the last factor is exact, so the value is the
+    # same as lr / bc1 * [(1 - b1) - ...] / (s + eps).
+    s = torch._foreach_div(v, bc2)
+    torch._foreach_sqrt_(s)
+    denom = torch._foreach_add(s, eps)
+    term = torch._foreach_mul(m, g)
+    torch._foreach_mul_(term, (1 - b2) / bc2)
+    torch._foreach_mul_(s, denom)
+    torch._foreach_clamp_min_(s, torch.finfo(s[0].dtype).tiny)
+    torch._foreach_div_(term, s)
+    torch._foreach_sub_(term, 1 - b1)
+    torch._foreach_div_(term, denom)
+    torch._foreach_mul_(term, -lr / bc1)
+    return dict(zip(keys, term, strict=True))
 
 
 @dataclass(frozen=True)

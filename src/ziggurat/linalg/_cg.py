@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
@@ -52,6 +54,7 @@ class ConjugateGradient:
             used = 1
         p = r
         rr = _tree.dot(r, r)
+        fresh = False  # whether x, r and p are this call's own tensors (then updated in place)
         for _ in range(self.maxiter):
             if float(rr) <= (self.tol * b_norm) ** 2:
                 break
@@ -60,13 +63,28 @@ class ConjugateGradient:
             curvature = _tree.dot(p, hp)
             if float(curvature) <= 0.0:
                 break
-            step = rr / curvature
-            x = _tree.axpy(step, p, x)
-            r = _tree.axpy(-step, hp, r)
-            rr_new = _tree.dot(r, r)
-            p = _tree.axpy(rr_new / rr, p, r)
-            rr = rr_new
+            x, r, p, rr = _cg_update(x, r, p, hp, rr, rr / curvature, fresh)
+            fresh = True
         return SolveResult(x=x, iterations=used, residual=math.sqrt(float(rr)) / b_norm)
+
+
+def _cg_update(
+    x: Params, r: Params, p: Params, hp: Params, rr: Tensor, step: Tensor, fresh: bool
+) -> tuple[Params, Params, Params, Tensor]:
+    """One CG update: ``x += step p``, ``r -= step Hp``, ``p = r + (r'r' / r'r) p``.
+
+    The first update allocates (``x``, ``r`` and ``p`` may be the caller's ``b``, ``x0`` or
+    aliases of each other); later ones overwrite the iterates, the same kernels in place.
+    """
+    if fresh:
+        _tree.axpy_(step, p, x)
+        _tree.axpy_(-step, hp, r)
+        rr_new = _tree.dot(r, r)
+        return x, r, _tree.xpay_(r, rr_new / rr, p), rr_new
+    x = _tree.axpy(step, p, x)
+    r = _tree.axpy(-step, hp, r)
+    rr_new = _tree.dot(r, r)
+    return x, r, _tree.axpy(rr_new / rr, p, r), rr_new
 
 
 def conjugate_gradient(

@@ -34,16 +34,19 @@ class Neumann:
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
-        term = b
-        total = b
-        for _ in range(self.iterations):
-            term = _tree.axpy(-self.alpha, op(term), term)
-            total = _tree.add(total, term)
+        term = total = b
+        # the first update allocates the iterates (b is the caller's); the rest run in place
+        for i in range(self.iterations):
+            if i == 0:
+                term = _tree.axpy(-self.alpha, op(term), term)
+                total = _tree.add(total, term)
+            else:
+                term = _tree.axpy_(-self.alpha, op(term), term)
+                total = _tree.add_(total, term)
         b_norm = float(_tree.norm(b))
         res = float(_tree.norm(term)) / b_norm if b_norm > 0 else 0.0
-        return SolveResult(
-            x=_tree.scale(total, self.alpha), iterations=self.iterations, residual=res
-        )
+        x = _tree.scale_(total, self.alpha) if self.iterations else _tree.scale(b, self.alpha)
+        return SolveResult(x=x, iterations=self.iterations, residual=res)
 
 
 def neumann(iterations: int = 1, alpha: float = 1.0, *, damping: float = 0.0) -> Neumann:

@@ -30,6 +30,15 @@ class MetricLogger:
     def close(self) -> None:
         """Flush and release the backend. Default: nothing."""
 
+    @property
+    def records(self) -> bool:
+        """Whether :meth:`log` records anything, i.e. a subclass overrides it.
+
+        Callers may skip building values (and the host syncs that reading them costs) when
+        nothing records them and the console line is not due.
+        """
+        return type(self).log is not MetricLogger.log
+
 
 def _missing(backend: str, error: ImportError) -> ImportError:
     return ImportError(

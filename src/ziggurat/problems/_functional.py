@@ -2,10 +2,13 @@
 
 The pure loss evaluates the lower problem's ``training_step`` on a fixed batch with the lower
 problem's parameters replaced by ``w`` and the upper problem's by ``lam``. Module parameters are
-replaced with ``torch.func.functional_call`` on a small joint module, so ``self.module(x)`` and
-``self.upper(x)`` inside ``training_step`` both see the substituted tensors; problems that hold
-their parameters as a dict (``IterativeProblem``) have that dict swapped for the call, and
-FSDP2-sharded modules have their parameter values overwritten for the call and restored.
+substituted in place for the call (``_reparametrize``: the slots ``torch.func.functional_call``
+writes, found once per module), so ``self.module(x)`` and ``self.upper(x)`` inside
+``training_step`` both see the substituted tensors, and buffers are copies, so the live modules
+are left exactly as they were; problems that hold their parameters as a dict
+(``IterativeProblem``) have that dict swapped for the call, and FSDP2-sharded modules (whose
+pre-forward hook would re-install the live parameters over substituted ones) have their
+parameter values overwritten for the call and restored.
 """
 
 from __future__ import annotations
@@ -18,18 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from .._types import InnerLoss, Params
+from ._reparametrize import call_substituted
 
 if TYPE_CHECKING:
     from ._problem import Problem
-
-
-class _Joint(nn.Module):
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleDict(modules)
-
-    def forward(self, fn: Callable[[], Tensor]) -> Tensor:
-        return fn()
 
 
 @contextmanager
@@ -49,18 +44,10 @@ def _module(problem: Problem) -> nn.Module:
 
 def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Params]]) -> Tensor:
     """Run ``fn`` with each problem's parameters replaced by the given tensors."""
-    modular = [(p, t) for p, t in values if not p.swaps_params]
+    modular = [(_module(p), t) for p, t in values if not p.swaps_params]
     swapped = [(p, t) for p, t in values if p.swaps_params]
-    joint = _Joint({f"p{i}": _module(p) for i, (p, _) in enumerate(modular)})
-    flat = {f"parts.p{i}.{k}": v for i, (_, t) in enumerate(modular) for k, v in t.items()}
-    # buffers (e.g. batch-norm running statistics) are copied, so that evaluating a pure loss
-    # leaves the live modules exactly as they were
-    for i, (p, _) in enumerate(modular):
-        for k, b in _module(p).named_buffers():
-            flat[f"parts.p{i}.{k}"] = b.clone()
     with _swapped(swapped):
-        out: Tensor = torch.func.functional_call(joint, flat, (fn,), strict=False)
-    return out
+        return call_substituted(fn, modular)
 
 
 def pure_loss(

@@ -35,7 +35,7 @@ class ProblemHelpers:
 
         def trainable_parameters(self) -> list[Tensor]: ...
         def loss_of(self, batch: Any) -> Tensor: ...
-        def _check_finite(self, loss: Tensor) -> None: ...
+        def _check_finite(self, loss: float) -> None: ...
         def _own_optimizer(self) -> torch.optim.Optimizer: ...
 
     # ------------------------------------------------------------------ options (read-only)
@@ -90,9 +90,11 @@ class ProblemHelpers:
         ``training_step`` returned.
         """
         loss = self.loss_of(batch)
-        self._check_finite(loss)
-        stats = {"loss": float(loss.detach()), **self.last_metrics}
-        scaled = loss / self._config.gradient_accumulation
+        value = float(loss.detach())  # the one host sync of a step's loss
+        self._check_finite(value)
+        stats = {"loss": value, **self.last_metrics}
+        k = self._config.gradient_accumulation
+        scaled = loss if k == 1 else loss / k  # dividing by 1 would add a node to the graph
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
         return scaled, stats

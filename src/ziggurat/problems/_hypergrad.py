@@ -36,6 +36,11 @@ def _first_lowers(problem: Problem) -> list[Problem]:
     return list(seen.values())
 
 
+def _reads_cotangent(lower: Problem) -> bool:
+    """Whether the method of hops from ``lower`` reads its cotangent (first-order does not)."""
+    return bool(getattr(lower.hop_method(), "reads_cotangent", True))
+
+
 def _direct(
     problem: Problem, loss: Tensor, firsts: list[Problem]
 ) -> tuple[Params, dict[str, Params]]:
@@ -115,7 +120,11 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
 def total_gradient(problem: Problem, loss: Tensor) -> Params:
     """``dL/dtheta`` for ``problem``: direct term plus every path's folded hypergradient."""
     firsts = _first_lowers(problem)
-    direct, cotangents = _direct(problem, loss, firsts)
+    # no backward pass into a lower level whose hop ignores it; its hop gets zeros
+    direct, cotangents = _direct(problem, loss, [p for p in firsts if _reads_cotangent(p)])
+    for p in firsts:
+        if p.name not in cotangents:
+            cotangents[p.name] = _tree.zeros_like(_tree.detach(p.named_trainable_parameters()))
     total = _tree.detach(direct)
     problem.last_hop_info = []
     hyper: Params | None = None
@@ -129,5 +138,5 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
             lower.remember_hop(key, hop.method, info)
         problem.last_hop_info.extend(infos)
-    problem.last_hypergradient_norm = float(_tree.norm(hyper)) if hyper is not None else math.nan
+    problem.set_hypergradient_norm(_tree.norm(hyper) if hyper is not None else math.nan)
     return total

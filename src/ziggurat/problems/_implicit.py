@@ -24,6 +24,12 @@ class ImplicitProblem(Problem):
             return HopContext(context.warm_start, self._adam_preconditioner())
         return context
 
+    def reads_last_grads(self) -> bool:
+        """SAMA with an Adam/AdamW optimizer builds its preconditioner from the last gradients."""
+        local = self._own_optimizer()
+        adam = isinstance(local, (torch.optim.Adam, torch.optim.AdamW))
+        return adam and isinstance(self.hop_method(), Sama)
+
     def _adam_preconditioner(self) -> Params | None:
         """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity).
 
@@ -39,15 +45,23 @@ class ImplicitProblem(Problem):
             return None
         assert opt is not None
         groups = {id(p): g for g in opt.param_groups for p in g["params"]}
-        out: Params = {}
-        for k, p in self.named_trainable_parameters().items():
+        params = self.named_trainable_parameters()
+        # parameters that share a step count and a group get one call (one pass per operation
+        # over all their tensors, instead of one per tensor)
+        batches: dict[tuple[int, int], list[str]] = {}
+        zeros: Params = {}
+        for k, p in params.items():
             state = local.state.get(p)
             if not state and sharded:  # owned by another rank
-                out[k] = torch.zeros_like(p)
+                zeros[k] = torch.zeros_like(p)
                 continue
             if not state or k not in self._last_grads:
                 return None
-            out.update(_adam_diagonal(k, state, self._last_grads[k], groups[id(p)]))
+            batches.setdefault((int(state["step"]), id(groups[id(p)])), []).append(k)
+        found = dict(zeros)
+        for keys in batches.values():
+            found.update(_adam_diagonal(keys, params, local.state, self._last_grads, groups))
+        out = {k: found[k] for k in params}  # the parameters' order, as the tree ops expect
         if sharded:
             assert self.engine is not None
             out = self.engine.distributed.sum(out)
@@ -55,12 +69,19 @@ class ImplicitProblem(Problem):
 
 
 def _adam_diagonal(
-    name: str, state: dict[str, Any], last_grad: torch.Tensor, group: dict[str, Any]
+    keys: list[str],
+    params: Params,
+    states: dict[Any, dict[str, Any]],
+    last_grads: Params,
+    groups: dict[int, dict[str, Any]],
 ) -> Params:
+    """The diagonal for parameters ``keys``, which share one step count and one group."""
+    first = params[keys[0]]
+    group, state = groups[id(first)], states[first]
     return adam_preconditioner(
-        {name: state["exp_avg"]},
-        {name: state["exp_avg_sq"]},
-        {name: last_grad},
+        {k: states[params[k]]["exp_avg"] for k in keys},
+        {k: states[params[k]]["exp_avg_sq"] for k in keys},
+        {k: last_grads[k] for k in keys},
         step=int(state["step"]),
         lr=float(group["lr"]),
         betas=tuple(group["betas"]),

@@ -111,7 +111,7 @@ class Problem(ProblemHelpers):
         self._cache: dict[str, Any] | None = None
         self._last_grads: Params | None = None
         self.scaler: torch.amp.GradScaler | None = None
-        self.last_hypergradient_norm: float = math.nan
+        self._hypergradient_norm: Tensor | float = math.nan
         self._window: list[Any] = []  # batches of the current accumulation window
         self._window_closed = True
         self._shards: Params | None = None  # FSDP2-sharded parameters (strategy="fsdp")
@@ -210,6 +210,20 @@ class Problem(ProblemHelpers):
     @property
     def leaf(self) -> bool:
         return not self.children
+
+    @property
+    def last_hypergradient_norm(self) -> float:
+        """Norm of the hypergradient of the last step (NaN before any, or without paths).
+
+        Kept as a tensor until read, so a step that nobody logs costs no host sync for it.
+        """
+        if isinstance(self._hypergradient_norm, Tensor):
+            self._hypergradient_norm = float(self._hypergradient_norm)
+        return self._hypergradient_norm
+
+    def set_hypergradient_norm(self, norm: Tensor | float) -> None:
+        """Record the last step's hypergradient norm (read as :attr:`last_hypergradient_norm`)."""
+        self._hypergradient_norm = norm
 
     @property
     def training(self) -> bool:
@@ -398,10 +412,10 @@ class Problem(ProblemHelpers):
             )
         return out.reshape(()), metrics
 
-    def _check_finite(self, loss: Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach())):
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"problem {self._name!r}: loss is {float(loss.detach())} at global step "
+                f"problem {self._name!r}: loss is {loss} at global step "
                 f"{self._global_step}, local step {self._count}; lower the learning rate, "
                 "clip gradients (Config(gradient_clipping=...)) or check the data"
             )
@@ -550,9 +564,7 @@ class Problem(ProblemHelpers):
             self.scaler.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
-        self._last_grads = {
-            k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None
-        }
+        self._last_grads = self._snapshot_grads(params) if self.reads_last_grads() else None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when the unscaled gradients are not finite
             self.scaler.update()
@@ -564,6 +576,18 @@ class Problem(ProblemHelpers):
             self.engine.distributed.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
             self.scheduler.step()
+
+    def reads_last_grads(self) -> bool:
+        """Whether a hop reads the gradients of this problem's last update. Default: no.
+
+        Keeping them costs a copy of every gradient per update and that much memory, so only a
+        problem whose hops read them (SAMA's Adam preconditioner) keeps them.
+        """
+        return False
+
+    @staticmethod
+    def _snapshot_grads(params: Params) -> Params:
+        return {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
 
     # ------------------------------------------------------------------ logging
     def _maybe_log(self) -> None:
