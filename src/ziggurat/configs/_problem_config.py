@@ -36,6 +36,11 @@ class Config:
     AISTATS 2021). The fresh batches advance the loader, so training continues after them and
     checkpoints resume bit-exactly; ``B = 1`` is the behaviour without the option.
 
+    ``checkpoint_segments`` (``None``, ``"sqrt"`` or an int ``S``; a ziggurat option for
+    ``IterativeProblem``) unrolls each inner loop in ``S`` checkpointed segments, ``sqrt`` of
+    ``unroll_steps`` for ``"sqrt"``: memory ``O(S)`` states plus one segment's graph instead of
+    the whole loop's, for one more gradient evaluation per step; same result.
+
     Differences from Betty, on purpose (the full list is in the README):
 
     * ``cg_alpha`` rescales the system that CG solves; CG is invariant to that scaling, so every
@@ -72,6 +77,7 @@ class Config:
     cg_warm_start: bool = False
     hypergradient: Any = None
     hypergradient_batches: int = 1
+    checkpoint_segments: int | str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         for old, (new, convert) in _LEGACY.items():
@@ -91,6 +97,12 @@ class Config:
             )
         _checks.int_at_least("Config unroll_steps", self.unroll_steps, 1)
         _checks.int_at_least("Config hypergradient_batches", self.hypergradient_batches, 1)
+        segments = self.checkpoint_segments
+        counted = isinstance(segments, int) and not isinstance(segments, bool) and segments >= 1
+        if segments is not None and segments != "sqrt" and not counted:
+            raise ValueError(
+                f"Config checkpoint_segments must be None, 'sqrt' or an int >= 1, got {segments!r}"
+            )
         _checks.int_at_least("Config gradient_accumulation", self.gradient_accumulation, 1)
         _checks.non_negative("Config gradient_clipping", self.gradient_clipping)
         _checks.one_of("Config precision", self.precision, PRECISIONS)

@@ -18,8 +18,9 @@ from torch import Tensor
 from .. import _tree
 from .._products import pullback
 from .._types import InnerLoss, Params
-from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method
+from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, _checkpoint
 from ..optim import FunctionalOptimizer, OptState, from_torch
+from . import _segments
 from ._problem import Problem
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ class IterativeProblem(Problem):
     neither fits a differentiable update.
 
     Memory grows linearly with the inner loop's length, since the graph of every step stays
-    alive until the upper level reads it. Checkpointed unrolling (``O(sqrt T)`` memory) is
-    available for a pure inner loss through ``hypergradient.unrolled(...,
-    checkpoint_segments="sqrt")``, not yet for this problem type.
+    alive until the upper level reads it. ``Config(checkpoint_segments="sqrt")`` (or an int
+    ``S``) unrolls in ``S`` checkpointed segments instead (:mod:`._segments`): memory ``S``
+    stored states plus one segment's graph, for one more gradient of every step; the result
+    equals plain unrolling. It cannot be combined with ``roll_back``.
     """
 
     params_live_in_module = False
@@ -76,6 +78,11 @@ class IterativeProblem(Problem):
         self._fopt: FunctionalOptimizer | None = None
         self._opt_state: OptState | None = None
         self._pending: Params | None = None
+        # checkpointed unrolling (Config.checkpoint_segments): the open segment's start, and
+        # the micro-batches of its updates
+        self._segment_start: tuple[Params, OptState] | None = None
+        self._segment_updates: list[list[_segments.Micro]] = []
+        self._micro: list[_segments.Micro] = []
 
     @property
     def params(self) -> Params:
@@ -106,6 +113,12 @@ class IterativeProblem(Problem):
                 "differentiable optimizer copies the torch optimizer's settings once); use an "
                 "ImplicitProblem, or change the learning rate between runs"
             )
+        if self.checkpointed and engine.config.roll_back:
+            raise ValueError(
+                f"problem {self.name!r}: checkpoint_segments cannot be combined with "
+                "EngineConfig(roll_back=True) (a redone step would change a recorded segment); "
+                "use one or the other"
+            )
         assert self.optimizer is not None
         self._fopt = from_torch(self.optimizer)
         self._params = _tree.leaves(super().named_trainable_parameters())
@@ -125,15 +138,85 @@ class IterativeProblem(Problem):
     def hop_method(self) -> Method:
         return Trajectory()
 
+    @property
+    def checkpointed(self) -> bool:
+        """Whether the inner loop is unrolled in checkpointed segments (``_segments``)."""
+        return self.config.checkpoint_segments is not None
+
     def begin_inner_loop(self) -> None:
-        if not self._params_assigned:
+        if self._params_assigned:
+            # a copy that stays in the graph of what it was built from: the inner steps then
+            # differentiate their loss with respect to their own iterate only, even where the
+            # loss also reads the tensor the loop started from (an upper level's parameters)
+            self._params = {k: t.clone() if t.requires_grad else t for k, t in self._params.items()}
+        else:
             assert self.module is not None
             live = {k: p for k, p in self.module.named_parameters() if k in self._params}
-            self._params = _tree.leaves(live)
+            # own storage: the module is overwritten in place after every step, and the graph
+            # of the loop must keep the values it started from
+            self._params = {k: p.detach().clone().requires_grad_(True) for k, p in live.items()}
         self._params_assigned = False
         assert self._opt_state is not None
         self._opt_state = self._opt_state.detach()
         self._pending = None
+        if self.checkpointed:
+            self._open_segment()
+
+    def _open_segment(self) -> None:
+        """Remember where a segment starts; its steps then run on graph-free copies."""
+        assert self._opt_state is not None
+        self._segment_start = (self._params, self._opt_state)
+        self._segment_updates, self._micro = [], []
+        self._params = _tree.leaves(self._params)
+        self._opt_state = self._opt_state.detach()
+
+    def _segment_length(self) -> int:
+        segments = _checkpoint.segment_count(self.config.unroll_steps, self.checkpoint_option)
+        return -(-self.config.unroll_steps // segments)
+
+    @property
+    def checkpoint_option(self) -> int | str:
+        option = self.config.checkpoint_segments
+        assert option is not None
+        return option
+
+    def _close_segment(self) -> None:
+        """Wrap the open segment's updates in one replayable autograd node."""
+        assert self._segment_start is not None and self._fopt is not None
+        assert self._opt_state is not None and self.engine is not None
+        start_w, start_state = self._segment_start
+        buffer_keys, buffers = _segments.flat_buffers(self._opt_state)
+        context = [
+            t
+            for p in self.engine.problems
+            if p is not self
+            for t in p.trainable_parameters()
+            if t.requires_grad
+        ]
+        plan = _segments.Plan(
+            update=_segments.update_fn(
+                self.loss_of,
+                self.swap_params,
+                self._fopt,
+                self.config.gradient_accumulation,
+                self._clip,
+                self.device or torch.device("cpu"),
+            ),
+            step=start_state.step,
+            keys=list(self._params),
+            start_buffer_keys=_segments.flat_buffers(start_state)[0],
+            buffer_keys=buffer_keys,
+            updates=self._segment_updates,
+            context=context,
+            outputs=[t.detach() for t in self._params.values()] + [t.detach() for t in buffers],
+        )
+        self._params, self._opt_state = _segments.close(plan, start_w, start_state)
+        self._segment_start = None
+
+    def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        if self.checkpointed and self._training:
+            self._micro.append((batch, _segments.rng_states(self.device or torch.device("cpu"))))
+        return super().get_loss(batch)
 
     def gradients(self, loss: Tensor) -> Params:
         if self.paths:
@@ -142,7 +225,7 @@ class IterativeProblem(Problem):
                 "lower levels; make it an ImplicitProblem"
             )
         grads = torch.autograd.grad(
-            loss, list(self._params.values()), create_graph=True, allow_unused=True
+            loss, list(self._params.values()), create_graph=not self.checkpointed, allow_unused=True
         )
         if all(g is None for g in grads):
             raise ValueError(
@@ -165,14 +248,38 @@ class IterativeProblem(Problem):
         if not boundary:
             return
         assert self._fopt is not None and self._opt_state is not None
-        if self.config.gradient_clipping > 0:
-            self._pending = clip_by_global_norm(self._pending, self.config.gradient_clipping)
-        self._params, self._opt_state = self._fopt.step(
-            self._params, self._pending, self._opt_state
-        )
+        if self.checkpointed:
+            self._checkpointed_update()
+        else:
+            self._params, self._opt_state = self._fopt.step(
+                self._params, self._clip(self._pending), self._opt_state
+            )
         self._pending = None
         self._sync_module()
         self.param_callback()
+
+    def _clip(self, grads: Params) -> Params:
+        if self.config.gradient_clipping > 0:
+            return clip_by_global_norm(grads, self.config.gradient_clipping)
+        return grads
+
+    def _checkpointed_update(self) -> None:
+        """One graph-free update; a segment closes after its share of the inner loop's updates
+        and when the inner loop ends (the upper levels then read the result)."""
+        assert self._fopt is not None and self._opt_state is not None
+        assert self._pending is not None
+        with torch.no_grad():
+            w, state = self._fopt.step(
+                _tree.detach(self._params), self._clip(self._pending), self._opt_state
+            )
+        self._params, self._opt_state = _tree.leaves(w), state.detach()
+        self._segment_updates.append(self._micro)
+        self._micro = []
+        if self.inner_loop_ends():
+            self._close_segment()
+        elif len(self._segment_updates) == self._segment_length():
+            self._close_segment()
+            self._open_segment()
 
     def _sync_module(self) -> None:
         assert self.module is not None

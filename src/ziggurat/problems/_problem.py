@@ -470,9 +470,13 @@ class Problem(ProblemHelpers):
     def _rolls_back(self) -> bool:
         return bool(self.parents) and self.engine is not None and self.engine.config.roll_back
 
-    def _notify_parents(self) -> None:
+    def inner_loop_ends(self) -> bool:
+        """Whether the local step just taken ends an inner loop (the uppers step next)."""
         period = self._config.unroll_steps * self._config.gradient_accumulation
-        if self._count % period != 0 or self._count <= self._config.warmup_steps:
+        return self._count % period == 0 and self._count > self._config.warmup_steps
+
+    def _notify_parents(self) -> None:
+        if not self.inner_loop_ends():
             return
         for parent in self.parents:
             parent.ready[self._name] = True
