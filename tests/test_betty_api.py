@@ -11,23 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
+from _modules import Vec
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.hypergradient import exact
 from ziggurat.problems import ImplicitProblem
 
 D = torch.float64
-
-
-class Vec(nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = nn.Parameter(value.clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.value
 
 
 def make(cls, name: str, value: torch.Tensor, lr: float = 0.05, **config):

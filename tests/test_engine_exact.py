@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+from _modules import Vec
 from ziggurat import Engine
 from ziggurat.analytic import QuadraticBilevel, QuadraticTrilevel, random_spd
 from ziggurat.configs import Config, EngineConfig
@@ -15,15 +15,6 @@ from ziggurat.hypergradient import cg, exact, neumann
 from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 D = torch.float64
-
-
-class Vec(nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = nn.Parameter(value.clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.value
 
 
 def loader(n: int = 1):

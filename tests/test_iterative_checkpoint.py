@@ -9,21 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from _modules import Vec
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 D = torch.float64
 N = 4
-
-
-class Vec(nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = nn.Parameter(value.clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.value
 
 
 OPTIMIZERS = {

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from _modules import Vec
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.hypergradient import cg, darts, exact, sama
@@ -20,15 +21,6 @@ class Batches:
 
     def __iter__(self):
         return iter(self.items)
-
-
-class Vec(nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = nn.Parameter(value.clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.value
 
 
 def quadratic(n: int = 6, m: int = 4, dtype=torch.float32):
