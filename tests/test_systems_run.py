@@ -268,17 +268,22 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert "upper/hypergradient/hop0_residual" in tags
     norm = acc.Scalars("upper/hypergradient/norm")[-1].value
     assert norm == pytest.approx(engine.upper.last_hypergradient_norm, rel=1e-6) and norm > 0
+    texts = acc.Tags()["tensors"]
+    method = acc.Tensors("upper/hypergradient/hop0_method/text_summary")
+    assert [(e.step, e.tensor_proto.string_val[0]) for e in method] == [(1, b"cg")]
+    config = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| problems/lower/cg_iterations | 2 |" in config and "config/text_summary" in texts
 
 
-def wandb_history(path: str) -> tuple[list[dict], str | None]:
-    """History rows of an offline ``.wandb`` file (LevelDB-style log of protobuf records), and
-    the type of its last record (``"exit"`` once the run is complete)."""
+def wandb_history(path: str) -> tuple[list[dict], str | None, dict]:
+    """History rows of an offline ``.wandb`` file (LevelDB-style log of protobuf records), the
+    type of its last record (``"exit"`` once the run is complete) and the run's config."""
     from wandb.proto import wandb_internal_pb2
 
     with open(path, "rb") as f:
         data = f.read()
     assert data[:4] == b":W&B"
-    pos, buf, rows, last = 7, b"", [], None
+    pos, buf, rows, last, config = 7, b"", [], None, {}
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
@@ -291,12 +296,16 @@ def wandb_history(path: str) -> tuple[list[dict], str | None]:
             record.ParseFromString(buf)
             buf = b""
             last = record.WhichOneof("record_type")
+            if last in ("config", "run"):  # the run record holds the config at init
+                updates = record.config.update if last == "config" else record.run.config.update
+                for i in updates:
+                    config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
             if last == "history":
                 items = record.history.item
                 rows.append(
                     {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
                 )
-    return rows, last
+    return rows, last, config
 
 
 def test_wandb_offline_run_read_back(tmp_path, monkeypatch):
@@ -312,8 +321,10 @@ def test_wandb_offline_run_read_back(tmp_path, monkeypatch):
     wandb.teardown()
     runs = glob.glob(str(tmp_path / "run1" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1
-    rows, last = wandb_history(runs[0])
+    rows, last, config = wandb_history(runs[0])
     assert last == "exit"
+    assert config["upper/hypergradient/hop0_method"] == "cg"
+    assert config["problems"]["lower"]["cg_iterations"] == 2
     acc = [(r["validation/acc"], r["global_step"]) for r in rows if "validation/acc" in r]
     assert acc == [(0.25, 2), (0.5, 4)]
     losses = [r["lower/loss"] for r in rows if "lower/loss" in r]
@@ -335,6 +346,25 @@ def test_mlflow_rows_in_sqlite(tmp_path):
     assert len(losses) == 4 and losses[-1] == pytest.approx(engine.lower.last_loss)
     names = {r[0] for r in db.execute("SELECT name FROM runs")}
     assert names == {"run1"}
+    tags = dict(db.execute("SELECT key, value FROM tags").fetchall())
+    assert tags["upper/hypergradient/hop0_method"] == "cg"
+    params = dict(db.execute("SELECT key, value FROM params").fetchall())
+    assert params["problems/lower/cg_iterations"] == "2" and params["train_iters"] == "4"
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+def test_mlflow_params_are_the_flattened_options(tmp_path):
+    pytest.importorskip("mlflow", reason="install ziggurat[mlflow]")
+    from ziggurat.logging._backends import MlflowLogger
+
+    config = {"engine": {f"k{i}": i for i in range(150)}, "problems": {"a": {"x": 1.5}}}
+    # sent in batches of 100, the most a tracking server accepts in one request
+    logger = MlflowLogger(str(tmp_path), "big", config)
+    logger.close()
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    params = dict(db.execute("SELECT key, value FROM params").fetchall())
+    assert len(params) == 151 and params["engine/k149"] == "149"
+    assert params["problems/a/x"] == "1.5"
 
 
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb", "mlflow"])

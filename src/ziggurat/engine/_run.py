@@ -30,6 +30,7 @@ class RunServices:
         self.engine = engine
         self._logger: MetricLogger | None = None
         self._progress: Progress | None = None
+        self._described: dict[str, list[str]] = {}  # methods last sent to the backend
         self.run_name = engine.config.run_name or time.strftime("%Y%m%d-%H%M%S")
 
     def logger(self) -> MetricLogger:
@@ -38,7 +39,12 @@ class RunServices:
             cfg = self.engine.config
             main = self.engine.distributed.is_main
             kind = cfg.logger_type if main else "none"
-            self._logger = make_logger(kind, cfg.log_dir, self.run_name, cfg.to_dict())
+            config = {
+                **cfg.to_dict(),
+                "problems": {p.name: p.config.to_dict() for p in self.engine.problems},
+            }
+            self._logger = make_logger(kind, cfg.log_dir, self.run_name, config)
+            self._described = {}
         return self._logger
 
     @contextlib.contextmanager
@@ -100,7 +106,12 @@ class RunServices:
                 ",".join(methods),
                 values,
             )
-        self.logger().log(f"{problem.name}/hypergradient", values, step)
+        source = f"{problem.name}/hypergradient"
+        self.logger().log(source, values, step)
+        if self._described.get(problem.name) != methods:
+            self._described[problem.name] = methods
+            text = {f"hop{i}_method": m for i, m in enumerate(methods)}
+            self.logger().describe(source, text, step)
 
 
 def _wants_progress(setting: bool | None) -> bool:

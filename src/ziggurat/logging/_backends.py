@@ -3,8 +3,10 @@
 Every backend also writes a line to the ``ziggurat`` Python logger (the console), so
 ``logger_type`` only chooses where scalars are *additionally* recorded. Scalars are tagged
 ``<source>/<key>``, where ``source`` is a problem name, ``validation`` or
-``<problem>/hypergradient`` (an empty source tags ``<key>`` alone). Optional backends are
-imported lazily; a missing package is an ``ImportError`` naming the extra to install.
+``<problem>/hypergradient`` (an empty source tags ``<key>`` alone). Text facts that hold for
+a stretch of the run (the hypergradient method of each hop) go through :meth:`describe`: a
+TensorBoard text summary, a W&B config entry, an MLflow tag. Optional backends are imported
+lazily; a missing package is an ``ImportError`` naming the extra to install.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class MetricLogger:
 
     def log(self, source: str, values: Mapping[str, float], step: int) -> None:
         """Record scalars of ``source`` at ``step``. Default: nothing beyond the console."""
+
+    def describe(self, source: str, values: Mapping[str, str], step: int) -> None:
+        """Record text facts of ``source`` from ``step`` on. Default: nothing."""
 
     def close(self) -> None:
         """Flush and release the backend. Default: nothing."""
@@ -52,19 +57,42 @@ def _tags(source: str, values: Mapping[str, float]) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in values.items()}
 
 
+def _text_tags(source: str, values: Mapping[str, str]) -> dict[str, str]:
+    prefix = f"{source}/" if source else ""
+    return {f"{prefix}{k}": str(v) for k, v in values.items()}
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested option dicts as one level of ``a/b`` keys (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(flat_config(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class TensorBoardLogger(MetricLogger):
     """Scalars to TensorBoard event files in ``log_dir/run_name``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, config: Mapping[str, Any] | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
             raise _missing("tensorboard", error) from error
         self.writer = SummaryWriter(log_dir=directory)
+        if config:
+            rows = "\n".join(f"| {k} | {v} |" for k, v in flat_config(config).items())
+            self.writer.add_text("config", "| option | value |\n|---|---|\n" + rows, 0)
 
     def log(self, source: str, values: Mapping[str, float], step: int) -> None:
         for tag, value in _tags(source, values).items():
             self.writer.add_scalar(tag, value, step)
+
+    def describe(self, source: str, values: Mapping[str, str], step: int) -> None:
+        for tag, value in _text_tags(source, values).items():
+            self.writer.add_text(tag, value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -92,6 +120,9 @@ class WandbLogger(MetricLogger):
     def log(self, source: str, values: Mapping[str, float], step: int) -> None:
         self.run.log({**_tags(source, values), "global_step": step})
 
+    def describe(self, source: str, values: Mapping[str, str], step: int) -> None:
+        self.run.config.update(_text_tags(source, values), allow_val_change=True)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -114,13 +145,20 @@ class MlflowLogger(MetricLogger):
         found = self.client.get_experiment_by_name("ziggurat")
         experiment = found.experiment_id if found else self.client.create_experiment("ziggurat")
         self.run_id = self.client.create_run(experiment, run_name=run_name).info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in config.items()]
-        self.client.log_batch(self.run_id, params=params)
+        params = [Param(k, str(v)[:500]) for k, v in flat_config(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 per batch
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
 
     def log(self, source: str, values: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         metrics = [self._metric(k, v, now, step) for k, v in _tags(source, values).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
+
+    def describe(self, source: str, values: Mapping[str, str], step: int) -> None:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v[:5000]) for k, v in _text_tags(source, values).items()]
+        self.client.log_batch(self.run_id, tags=tags)
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
@@ -149,7 +187,7 @@ def make_logger(
         return MetricLogger()
     directory = os.path.join(log_dir, run_name)
     if logger_type == "tensorboard":
-        return TensorBoardLogger(directory)
+        return TensorBoardLogger(directory, config)
     if logger_type == "wandb":
         return WandbLogger(directory, run_name, config)
     if logger_type == "mlflow":
