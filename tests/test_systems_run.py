@@ -258,10 +258,15 @@ def test_tensorboard_scalars_read_back(tmp_path):
 
     engine = logged_program(tmp_path, "tensorboard")
     engine.run()
+    engine.logger.log({"acc": 0.75}, tag="test")  # after the run: the backend opens again
+    assert engine._run._logger is not None
+    engine.cleanup()  # ... and is closed (flushed) here, or at exit
+    assert engine._run._logger is None
     acc = EventAccumulator(str(tmp_path / "run1"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert [e.value for e in acc.Scalars("validation/acc")] == [0.25, 0.5]
+    assert [(e.step, e.value) for e in acc.Scalars("test/acc")] == [(4, 0.75)]
     assert [e.step for e in acc.Scalars("lower/loss")] == [1, 2, 3, 4]
     assert acc.Scalars("lower/loss")[-1].value == pytest.approx(engine.lower.last_loss)
     assert [e.value for e in acc.Scalars("upper/hypergradient/hop0_iterations")] == [2.0] * 4

@@ -139,11 +139,13 @@ class Engine:
         return self.distributed.is_main
 
     def cleanup(self) -> None:
-        """Destroy the ``torch.distributed`` process group if this engine created it.
+        """Close the metrics backend if values were logged after ``run``, and destroy the
+        ``torch.distributed`` process group if this engine created it.
 
         A group the program initialised itself is left alone, and on one process this does
         nothing. Call it once, after the last ``run``, ``save`` or ``load``.
         """
+        self._run.close_logger()
         self.distributed.close()
 
     # ------------------------------------------------------------------ names

@@ -3,6 +3,7 @@ resuming, and metric-driven schedulers."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import logging
@@ -34,7 +35,12 @@ class RunServices:
         self.run_name = engine.config.run_name or time.strftime("%Y%m%d-%H%M%S")
 
     def logger(self) -> MetricLogger:
-        """The metrics backend; under data parallelism only rank 0 writes (others: none)."""
+        """The metrics backend; under data parallelism only rank 0 writes (others: none).
+
+        Opened by ``Engine.run`` and closed when it returns. Values logged outside a run
+        (``engine.logger.log`` after ``run``) open it again; it is then closed by the next
+        run's end, by ``Engine.cleanup`` or at interpreter exit, so nothing stays unflushed.
+        """
         if self._logger is None:
             cfg = self.engine.config
             main = self.engine.distributed.is_main
@@ -45,7 +51,15 @@ class RunServices:
             }
             self._logger = make_logger(kind, cfg.log_dir, self.run_name, config)
             self._described = {}
+            atexit.register(self.close_logger)
         return self._logger
+
+    def close_logger(self) -> None:
+        """Flush and close the backend if it is open (it reopens on the next use)."""
+        atexit.unregister(self.close_logger)
+        if self._logger is not None:
+            logger, self._logger = self._logger, None
+            logger.close()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -60,9 +74,7 @@ class RunServices:
             if self._progress is not None:
                 self._progress.close()
                 self._progress = None
-            if self._logger is not None:
-                self._logger.close()
-                self._logger = None
+            self.close_logger()
 
     def after_step(self) -> None:
         engine = self.engine
