@@ -15,7 +15,9 @@ What changes for a sharded level:
   averaged over ranks by FSDP2's reduce-scatter, so the group's own gradient average skips them;
 * pure evaluations overwrite its parameter values in place (``Problem.swap_params``);
 * checkpoints hold its full (unsharded) state through ``torch.distributed.checkpoint``'s
-  state-dict API, so a file is the same as one written without sharding.
+  state-dict API, so a file is the same as one written without sharding (DCP's own sharded
+  file format is not used: it reads its metadata with ``pickle``, and checkpoints here load
+  with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -109,14 +111,15 @@ def repoint_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
 
 
 def full_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The unsharded module and optimizer state (a collective: every rank calls it)."""
+    """The unsharded module and optimizer state, on the CPU of rank 0 (a collective: every
+    rank calls it; the others get empty dicts, so only the writer holds the full tensors)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {
         "module": get_model_state_dict(module, options=options),
         "optimizer": get_optimizer_state_dict(module, optimizer, options=options),
