@@ -156,6 +156,19 @@ def test_checkpoint_under_data_parallelism_resumes_bit_exactly(tmp_path) -> None
             assert any(".opt." in k for k in whole), strategy
             for k in whole:
                 assert torch.equal(whole[k], resumed[k]), (strategy, program, rank, k)
+    # an FSDP2 checkpoint holds full tensors: it loads into one unsharded process as well
+    path = tmp_path / "ckpt-fsdp-ckpt_rollback" / "step-000000005.pt"
+    saved = torch.load(path, weights_only=True)
+    single = build("ckpt_rollback", 0, 1, "default", CHECKPOINT_STEPS)
+    single.load(str(path))
+    assert single.global_step == 5
+    for p in single.problems:
+        module = saved["problems"][p.name]["module"]
+        assert module.keys() == p.module.state_dict().keys()
+        for k, v in p.module.state_dict().items():
+            assert torch.equal(v, module[k]), (p.name, k)
+        moments = [s["exp_avg"] for s in p.optimizer.state_dict()["state"].values()]
+        assert moments and all(m.abs().sum() > 0 for m in moments), p.name
 
 
 def _second_order_program(strategy: str, lower_config: Config) -> None:
