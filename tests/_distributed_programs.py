@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
-from ziggurat.problems import ImplicitProblem
+from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 D = torch.float64
 DIM, BATCH, STEPS = 3, 8, 6
@@ -59,6 +59,16 @@ class Lower(ImplicitProblem):
         # read after the forward: an FSDP2-sharded module holds its full parameters then
         weights = (p for n, p in self.module.named_parameters() if n.endswith("weight"))
         return (weight * residual.pow(2)).mean() + decay * sum(w.pow(2).sum() for w in weights)
+
+
+class UnrolledLower(IterativeProblem):
+    """``Lower``'s loss, differentiated through its unrolled inner loop."""
+
+    def training_step(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        weight = torch.sigmoid(self.weights(x)).squeeze(-1)
+        residual = self(x).squeeze(-1) - y
+        return (weight * residual.pow(2)).mean() + 0.05 * self.params["weight"].pow(2).sum()
 
 
 class Weights(ImplicitProblem):
@@ -104,6 +114,8 @@ LOWER_CONFIGS = {
     "three_fsdp": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "rollback_fsdp": Config(type="sama", unroll_steps=2),
     "ckpt_rollback": Config(type="sama", unroll_steps=2),
+    # an IterativeProblem: three unrolled SGD-momentum steps per upper step, clipped
+    "unrolled": Config(unroll_steps=3, gradient_clipping=0.5),
 }
 THREE_LEVELS = ("three", "three_fsdp")
 MIDDLE_CONFIGS = {"three_fsdp": Config(type="neumann", neumann_iterations=3, neumann_alpha=0.1)}
@@ -138,15 +150,16 @@ def build(
         if program in ("sama", "rollback_fsdp", "ckpt_rollback")
         else torch.optim.SGD(low_mod.parameters(), lr=0.1, momentum=0.5)
     )
-    lower = Lower(
+    lower = (UnrolledLower if program == "unrolled" else Lower)(
         name="lower",
         module=low_mod,
         optimizer=low_opt,
         train_data_loader=shards(10, rank, world),
         config=LOWER_CONFIGS[program],
     )
-    lower.noise = 0.05 if program.startswith("ckpt") else 0.0
-    lower.scale_inputs = program == "inputs"
+    if isinstance(lower, Lower):
+        lower.noise = 0.05 if program.startswith("ckpt") else 0.0
+        lower.scale_inputs = program == "inputs"
     weights = Weights(
         name="weights",
         module=w_mod,

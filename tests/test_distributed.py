@@ -49,6 +49,8 @@ JOBS = [
     ("three_fsdp", "fsdp"),
     ("plateau", "fsdp"),
     ("rollback_fsdp", "fsdp"),
+    ("unrolled", "ddp"),
+    ("unrolled", "zero"),
 ]
 FSDP_ATOL = 1e-12
 """FSDP2 against DDP on the same program (float64): FSDP2 averages sharded gradients with a
@@ -111,7 +113,7 @@ def test_fsdp_shards_only_the_lowest_level(ranks: list[dict], program: str) -> N
     assert sum(local) == held[0]["lower"][1] and 0 < min(local) < held[0]["lower"][1]
 
 
-@pytest.mark.parametrize("program", ["three", "accum", "sama", "wide", "inputs"])
+@pytest.mark.parametrize("program", ["three", "accum", "sama", "wide", "inputs", "unrolled"])
 def test_programs_move_every_level(program: str) -> None:
     """Equality above is not that of untouched parameters: every level's tensors change."""
     before = parameters(build(program, 0, 1, "default"))
@@ -202,20 +204,35 @@ def test_fsdp_rejects_second_order_methods_before_sharding(kind: str) -> None:
     assert not dist.is_initialized()
 
 
-def test_distributed_rejects_unrolled_levels() -> None:
+@pytest.mark.parametrize(
+    ("strategy", "options", "match"),
+    [
+        ("fsdp", {}, r"IterativeProblem.*cannot shard.*strategy='ddp'"),
+        ("ddp", {"checkpoint_segments": "sqrt"}, r"checkpoint_segments.*strategy='ddp'"),
+        ("zero", {"checkpoint_segments": 2}, r"checkpoint_segments.*strategy='zero'"),
+    ],
+)
+def test_distributed_refuses_what_unrolled_levels_cannot_do(strategy, options, match) -> None:
     class Low(IterativeProblem):
         def training_step(self, batch):
-            return self.module.weight.pow(2).sum()
+            return self(torch.ones(1, 2)).pow(2).sum()
 
     class Up(ImplicitProblem):
         def training_step(self, batch):
-            return self.low.module.weight.sum()
+            return self.low(torch.ones(1, 2)).sum()
 
     mods = [nn.Linear(2, 1), nn.Linear(2, 1)]
     up = Up("up", module=mods[0], optimizer=torch.optim.SGD(mods[0].parameters(), lr=0.1))
-    low = Low("low", module=mods[1], optimizer=torch.optim.SGD(mods[1].parameters(), lr=0.1))
-    with pytest.raises(ValueError, match="IterativeProblem"):
-        Engine([up, low], EngineConfig(strategy="ddp"), {"u2l": {up: [low]}, "l2u": {low: [up]}})
+    low = Low(
+        "low",
+        module=mods[1],
+        optimizer=torch.optim.SGD(mods[1].parameters(), lr=0.1),
+        config=Config(**options),
+    )
+    deps = {"u2l": {up: [low]}, "l2u": {low: [up]}}
+    with pytest.raises(ValueError, match=match):
+        Engine([up, low], EngineConfig(strategy=strategy), deps)
+    assert not dist.is_initialized()
 
 
 def test_betty_alias_and_backend_default() -> None:

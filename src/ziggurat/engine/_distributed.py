@@ -90,6 +90,10 @@ class SingleProcess:
     def average(self, tree: Params) -> Params:
         return tree
 
+    def average_differentiable(self, tree: Params) -> Params:
+        """The mean of ``tree`` over ranks as part of the autograd graph (identity here)."""
+        return tree
+
     def average_grads(self, params: Iterable[Tensor]) -> None:
         """Average ``.grad`` over ranks (no-op)."""
 
@@ -164,6 +168,27 @@ class DataParallelGroup(SingleProcess):
         out = _unflat(flat, tree)
         self.comm_seconds += time.perf_counter() - start
         return out
+
+    def average_differentiable(self, tree: Params) -> Params:
+        """The mean of ``tree`` over ranks, differentiable: the backward pass all-reduces the
+        incoming gradient (``torch.distributed.nn.functional.all_reduce``), so a graph that
+        averages per-rank gradients (an unrolled inner loop) differentiates exactly. Every rank
+        must run the same backward passes, in the same order."""
+        if not tree:
+            return tree
+        from torch.distributed.nn.functional import all_reduce
+
+        start = time.perf_counter()
+        out: dict[str, Tensor] = {}
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        for k, t in tree.items():
+            by_dtype.setdefault(t.dtype, []).append(k)
+        for keys in by_dtype.values():
+            flat = all_reduce(torch.cat([tree[k].reshape(-1) for k in keys])) / self.world_size
+            for k, piece in zip(keys, flat.split([tree[k].numel() for k in keys]), strict=True):
+                out[k] = piece.view_as(tree[k])
+        self.comm_seconds += time.perf_counter() - start
+        return {k: out[k] for k in tree}
 
     def average_grads(self, params: Iterable[Tensor]) -> None:
         with_grad = {str(i): p for i, p in enumerate(params) if p.grad is not None}
@@ -269,11 +294,20 @@ def check_strategy(
     if strategy not in DISTRIBUTED_STRATEGIES:
         return
     for p in problems:
-        if not p.params_live_in_module:
+        if p.params_live_in_module:
+            continue
+        if strategy == "fsdp":
             raise ValueError(
                 f"problem {p.name!r} is an IterativeProblem (unrolled differentiation), which "
-                f"strategy={strategy!r} does not support: its trajectory depends non-linearly on "
-                "each rank's shard. Make it an ImplicitProblem, or run on one process"
+                "strategy='fsdp' cannot shard: the upper level's gradient is a second-order "
+                "product through its inner loop. Use strategy='ddp' (or 'zero'), which runs it "
+                "data-parallel, or make it an ImplicitProblem with a first-order method"
+            )
+        if p.config.checkpoint_segments is not None:
+            raise ValueError(
+                f"problem {p.name!r}: Config(checkpoint_segments=...) is not supported under "
+                f"strategy={strategy!r} (the replayed segments would repeat the gradient "
+                "all-reduces inside the backward pass); leave checkpoint_segments=None"
             )
     if strategy != "fsdp":
         return
@@ -298,8 +332,8 @@ def prepare_problems(group: SingleProcess, problems: Sequence[Problem]) -> None:
     for p in problems:
         assert p.module is not None
         group.broadcast_module(p.module)
-        if group.strategy == "zero":
-            wrap_zero(p)
+        if group.strategy == "zero" and p.params_live_in_module:
+            wrap_zero(p)  # an IterativeProblem steps a functional copy of its optimizer
         if group.strategy == "fsdp" and p.leaf:
             shard(p)
 

@@ -233,7 +233,12 @@ class IterativeProblem(Problem):
                 "unrolled steps would not move; in an IterativeProblem evaluate the model as "
                 "self(x) (or self.forward(x)), not self.module(x), whose parameters are detached"
             )
-        return _tree.fill_none(grads, self._params)
+        out = _tree.fill_none(grads, self._params)
+        if self.engine is not None and self.engine.distributed.world_size > 1:
+            # data parallel: the step uses the global batch's gradient, and the upper level's
+            # backward pass through it all-reduces its cotangents (exact, see _distributed)
+            out = self.engine.distributed.average_differentiable(out)
+        return out
 
     @property
     def pending_grads(self) -> Params | None:
