@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=src python benchmarks/engine_compare.py [--betty /tmp/betty-venv/bin/python]
-        [--quick] [--repeats 3] [--out FILE]
+        [--quick] [--repeats 5] [--out FILE]
 
 Every configuration runs in fresh processes, ours and Betty's alternating, ``--repeats`` times
 each; the table shows medians over the repeats of each process's median step times and its
@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run only this workload (a, b or d)")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     print(f"machine: {machine()}; 1-min load {load0:.2f}", flush=True)
-    rows = []
+    rows, failed = [], 0
     for cfg in configs(args.quick):
         if args.only and cfg[0] != args.only:
             continue
@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 if python is None:
                     continue
                 res = run_one(python, root, cfg)
-                if res is not None:
+                if res is None:
+                    failed += 1
+                else:
                     row["ours" if root == "ziggurat" else "betty"].append(res)
         print(f"  done {cfg[0]} {cfg[2]} {cfg[1]}", file=sys.stderr, flush=True)
         rows.append(row)
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Run time: {elapsed:.0f} s; repeats per configuration: {repeats}\n\n{text}\n"
         )
         (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
+    if failed:
+        print(f"{failed} benchmark process(es) failed (n/a in the table)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,8 +17,11 @@ Floors (what any implementation of the method must spend):
 * ``darts``, ``sama``: ``FO + 2 G`` (two gradients of a central difference, on top of what a
   first-order hop costs);
 * ``neumann(K)``, ``cg(K)``: ``B + (K + 1) H`` (build the graph once, ``K`` products for the
-  solve and one for the mixed product, counted as an ``H``). The tight floor counts the mixed
-  product at its own measured cost: ``B + K H + M``;
+  solve and one for the mixed product, counted as an ``H``). This is the "``K + 1`` H" of the
+  method's mathematics with ``H`` taken as a marginal product through a built graph, which is
+  why the build ``B`` appears once; ``K + 1`` self-contained products (each with its own graph)
+  would cost ``(K + 1)(B + H)``, a looser floor against which every ratio would be lower.
+  The tight floor counts the mixed product at its own measured cost: ``B + K H + M``;
 * ``unrolled(T)``: ``T (B + H)``: every differentiated step builds a gradient graph, and the
   reverse pass crosses each of them once (a Hessian-vector and a mixed product in one backward).
   The tight floor is the same;

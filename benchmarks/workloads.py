@@ -260,15 +260,18 @@ def pure_lower_loss(workload: str, upper: Any, lower: Any, x: Tensor, y: Tensor)
     return f
 
 
-def floor_primitives(
-    workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], reps: int
-) -> tuple[Any, float, float]:
-    """Plain-autograd primitives of the lower loss ``f(w, lam)``, the upper gradient ``U`` and
-    the upper loss's forward alone (what a first-order step needs: the upper loss here does not
-    read the upper parameters, so their direct gradient costs nothing more)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import floors
+def primitive_tasks(
+    workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], products: int = 10
+) -> dict[str, Callable[[], Any]]:
+    """The plain-autograd computations that :func:`floor_primitives` times, each returning
+    what it computed (so a test can check it is the right quantity).
 
+    ``G``: ``df/dlam``; ``Gw``: ``df/dw``; ``B``: the gradient graph ``df/dw`` built with
+    ``create_graph=True``; ``B+KH``: that graph and ``products`` Hessian-vector products
+    ``H v`` (the last returned); ``B+KM``: the graph and ``products`` mixed products
+    ``(d^2 f/dlam dw) v``; ``U``: the upper loss's gradient with respect to ``w``; ``U0``: the
+    upper loss alone. ``v`` is a fixed random direction (``tasks["v"]()`` returns it).
+    """
     model = lower.module
     x, y, xm, ym = batch
     w0 = {k: p.detach() for k, p in model.named_parameters()}
@@ -285,38 +288,55 @@ def floor_primitives(
         g = torch.autograd.grad(f(w, lam), list(w.values()), create_graph=True)
         return w, lam, g
 
-    def products(wrt: str) -> None:
+    def repeated(wrt: str) -> tuple[Tensor, ...]:
         w, lam, g = build()
         target = list(w.values()) if wrt == "w" else list(lam.values())
-        for _ in range(10):
-            torch.autograd.grad(g, target, grad_outputs=list(v.values()), retain_graph=True)
+        out: tuple[Tensor, ...] = ()
+        for _ in range(products):
+            out = torch.autograd.grad(g, target, grad_outputs=list(v.values()), retain_graph=True)
+        return out
 
-    def grad_lam() -> None:
+    def grad_lam() -> tuple[Tensor, ...]:
         lam = leaves(lam0)
-        torch.autograd.grad(f(w0, lam), list(lam.values()))
+        return torch.autograd.grad(f(w0, lam), list(lam.values()))
 
-    def grad_w() -> None:
+    def grad_w() -> tuple[Tensor, ...]:
         w = leaves(w0)
-        torch.autograd.grad(f(w, lam0), list(w.values()))
+        return torch.autograd.grad(f(w, lam0), list(w.values()))
 
-    def upper_grad() -> None:
+    def upper_loss(w: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(torch.func.functional_call(model, w, (xm,)), ym)
+
+    def upper_grad() -> tuple[Tensor, ...]:
         w = leaves(w0)
-        loss = F.cross_entropy(torch.func.functional_call(model, w, (xm,)), ym)
-        torch.autograd.grad(loss, list(w.values()))
+        return torch.autograd.grad(upper_loss(w), list(w.values()))
 
-    t = {
-        "G": timed(grad_lam, reps),
-        "Gw": timed(grad_w, reps),
-        "B": timed(build, reps),
-        "B+KH": timed(lambda: products("w"), reps),
-        "B+KM": timed(lambda: products("lam"), reps),
-        "FO": 0.0,
+    return {
+        "G": grad_lam,
+        "Gw": grad_w,
+        "B": lambda: build()[2],
+        "B+KH": lambda: repeated("w"),
+        "B+KM": lambda: repeated("lam"),
+        "U": upper_grad,
+        "U0": lambda: upper_loss(leaves(w0)),
+        "v": lambda: v,
     }
 
-    def upper_forward() -> None:
-        F.cross_entropy(torch.func.functional_call(model, leaves(w0), (xm,)), ym)
 
-    u, u_forward = timed(upper_grad, reps), timed(upper_forward, reps)
+def floor_primitives(
+    workload: str, upper: Any, lower: Any, batch: tuple[Tensor, ...], reps: int
+) -> tuple[Any, float, float]:
+    """Plain-autograd primitives of the lower loss ``f(w, lam)`` (timed
+    :func:`primitive_tasks`), the upper gradient ``U`` and the upper loss's forward alone
+    (what a first-order step needs: the upper loss here does not read the upper parameters,
+    so their direct gradient costs nothing more)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import floors
+
+    tasks = primitive_tasks(workload, upper, lower, batch, products=10)
+    t = {name: timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
+    t["FO"] = 0.0
+    u, u_forward = timed(tasks["U"], reps), timed(tasks["U0"], reps)
     try:
         prim = floors.primitives_from_timings(t, 10)
     except ValueError:

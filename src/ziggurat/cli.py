@@ -32,8 +32,30 @@ def _bench(args: argparse.Namespace) -> int:
         raise CliError(f"needs a source checkout with benchmarks/ ({script} not found)")
     cmd = [sys.executable, str(script), *([] if args.full else ["--quick"])]
     if args.betty:
+        _check_betty_python(args.betty)
         cmd += ["--betty", args.betty]
     return subprocess.run(cmd, check=False).returncode
+
+
+def _check_betty_python(python: str) -> None:
+    """Refuse, before any benchmark runs, a ``--betty`` that is not a Python with betty."""
+    import shutil
+    import subprocess
+
+    found = shutil.which(python)
+    if found is None:
+        raise CliError(
+            f"--betty {python!r} is not an executable; pass the python of a virtual "
+            "environment with betty-ml 0.2.1 (e.g. /tmp/betty-venv/bin/python)"
+        )
+    probe = subprocess.run(
+        [found, "-c", "import betty"], capture_output=True, text=True, check=False, timeout=120
+    )
+    if probe.returncode != 0:
+        raise CliError(
+            f"--betty {python!r} cannot import betty; install it there with "
+            "`pip install --ignore-requires-python betty-ml==0.2.1`"
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
