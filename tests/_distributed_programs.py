@@ -116,9 +116,30 @@ LOWER_CONFIGS = {
     "ckpt_rollback": Config(type="sama", unroll_steps=2),
     # an IterativeProblem: three unrolled SGD-momentum steps per upper step, clipped
     "unrolled": Config(unroll_steps=3, gradient_clipping=0.5),
+    "early": Config(type="darts", darts_alpha=0.01),
 }
 THREE_LEVELS = ("three", "three_fsdp")
 MIDDLE_CONFIGS = {"three_fsdp": Config(type="neumann", neumann_iterations=3, neumann_alpha=0.1)}
+
+
+class EpochLoader(list):
+    """Batches that record the epochs set on them (the protocol of a ``DistributedSampler``)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        super().__init__(batches)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+class RankZeroValidation(Engine):
+    """Validation that must run on rank 0 only; its loss improves until step 8, then worsens."""
+
+    def validation(self) -> dict[str, float]:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        assert rank == 0, f"validation ran on rank {rank}"
+        return {"loss": 1.0 / self.global_step if self.global_step <= 8 else 2.0}
 
 
 class FlatValidation(Engine):
@@ -154,7 +175,7 @@ def build(
         name="lower",
         module=low_mod,
         optimizer=low_opt,
-        train_data_loader=shards(10, rank, world),
+        train_data_loader=EpochLoader(shards(10, rank, world)),
         config=LOWER_CONFIGS[program],
     )
     if isinstance(lower, Lower):
@@ -176,6 +197,9 @@ def build(
         )
         engine_options.setdefault("valid_step", 2)
         engine_class = FlatValidation
+    if program == "early":  # rank 0 validates, every rank must stop at the same step
+        engine_options.update(valid_step=2, early_stopping=True, early_stopping_tolerance=1)
+        engine_class = RankZeroValidation
     if program in THREE_LEVELS:
         r_mod = _linear(3, 1)
         reg = Reg(
@@ -251,6 +275,10 @@ def worker(rank: int, world: int, init_file: str, jobs: list[tuple[str, str]], o
             engine.run()
             results[(program, strategy)] = parameters(engine)
             results[("numel", program, strategy)] = sharded_numel(engine)
+        early = build("early", rank, world, "ddp", train_iters=20)
+        early.run()
+        epochs = early.lower._loaders[0].loader.epochs
+        results["early"] = (early.global_step, early.stopped_early, list(epochs))
         logged = build(
             "darts", rank, world, "ddp", logger_type="tensorboard", log_dir=out, run_name="tb"
         )

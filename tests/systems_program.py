@@ -46,7 +46,9 @@ class Hyper(nn.Module):
         self.log_decay = nn.Parameter(torch.full((1, d), -2.0))
 
 
-def build(train_iters: int, sleep: float = 0.0, **engine_options) -> Engine:
+def build(train_iters: int, sleep: float = 0.0, sampler: bool = False, **engine_options) -> Engine:
+    """``sampler=True``: the lower level's loader shuffles with a ``DistributedSampler`` (one
+    replica; its order depends on the epoch it is given through ``set_epoch``)."""
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
@@ -62,7 +64,7 @@ def build(train_iters: int, sleep: float = 0.0, **engine_options) -> Engine:
         module=lower_module,
         optimizer=lower_opt,
         scheduler=torch.optim.lr_scheduler.StepLR(lower_opt, step_size=3, gamma=0.7),
-        train_data_loader=DataLoader(TensorDataset(x[:14], y[:14]), batch_size=4, shuffle=True),
+        train_data_loader=_lower_loader(TensorDataset(x[:14], y[:14]), sampler),
     )
     lower.sleep = sleep
     upper = Upper(
@@ -75,6 +77,15 @@ def build(train_iters: int, sleep: float = 0.0, **engine_options) -> Engine:
     config = EngineConfig(train_iters=train_iters, valid_step=0, **engine_options)
     deps = {"u2l": {upper: [lower]}, "l2u": {lower: [upper]}}
     return Engine([upper, lower], config, deps)
+
+
+def _lower_loader(data: TensorDataset, sampler: bool) -> DataLoader:
+    if not sampler:
+        return DataLoader(data, batch_size=4, shuffle=True)
+    from torch.utils.data.distributed import DistributedSampler
+
+    order = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=7)
+    return DataLoader(data, batch_size=4, sampler=order)
 
 
 def tensors(engine: Engine) -> dict[str, torch.Tensor]:

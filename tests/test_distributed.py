@@ -96,6 +96,19 @@ def test_data_parallel_equals_single_process_on_global_batches(
 
 
 @pytest.mark.distributed
+def test_early_stopping_decided_on_rank_zero_stops_every_rank(ranks: list[dict]) -> None:
+    """Validation runs on rank 0 only (it asserts so); its decision stops both ranks at step
+    10, as on one process; every rank's loader gets ``set_epoch`` at each epoch (6 batches an
+    epoch: epochs 0 and 1 start within 10 steps)."""
+    single = build("early", 0, 1, "default", train_iters=20)
+    single.run()
+    assert (single.global_step, single.stopped_early) == (10, True)
+    assert single.lower._loaders[0].loader.epochs == [0, 1]
+    for r in range(WORLD):
+        assert ranks[r]["early"] == (10, True, [0, 1])
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("program", ["darts", "wide", "sama", "first_order"])
 def test_fsdp_matches_ddp(ranks: list[dict], program: str) -> None:
     for r in range(WORLD):

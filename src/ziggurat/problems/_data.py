@@ -44,7 +44,8 @@ class CyclingLoader:
     def next(self) -> tuple[Any, bool]:
         """The next batch, and whether a new epoch began to serve it (after the first)."""
         wrapped = False
-        if self._it is None:
+        if self._it is None:  # the first epoch, or the restored one after a resume
+            self._set_epoch()
             self._it = self._start_epoch()
         try:
             batch = next(self._it)
@@ -111,8 +112,7 @@ class CyclingLoader:
         rng = state["rng"]
         if rng is None:
             return
-        if self.epoch > 0:
-            self._set_epoch()
+        self._set_epoch()
         torch.set_rng_state(rng["torch"])
         gens = self._generators()
         if len(gens) != len(rng["generators"]):
