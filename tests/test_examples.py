@@ -59,6 +59,12 @@ def test_maml_beats_random_init_and_joint_pretraining() -> None:
     assert result.row("meta-test MSE vs joint pretraining").gain > 0.3, str(result)
 
 
+def test_imaml_short_run_beats_random_init() -> None:
+    """The short version CI runs (100 meta-steps; measured gain 0.17 of an MSE of 4.14)."""
+    result = maml.run(steps=100, method="imaml", progress=False)
+    assert result.row("meta-test MSE vs random init").gain > 0.1, str(result)
+
+
 @pytest.mark.slow
 def test_imaml_beats_random_init() -> None:
     result = maml.run(steps=300, method="imaml", progress=False)
