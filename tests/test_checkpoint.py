@@ -132,3 +132,118 @@ def test_damaged_or_foreign_checkpoint_is_rejected_without_changes(tmp_path):
     shutil.copy(good, tmp_path / "copy.pt")
     target.load(str(tmp_path / "copy.pt"))
     assert target.global_step == 3
+
+
+def _swap_lower(engine, optimizer=None, scheduler=None):
+    """``engine`` with its lower level's optimizer (and scheduler) replaced before training."""
+    lower = engine.lower
+    if optimizer is not None:
+        lower.optimizer = optimizer(lower.module.parameters())
+    lower.scheduler = scheduler(lower.optimizer) if scheduler is not None else None
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            lambda e: _swap_lower(
+                e,
+                lambda ps: torch.optim.SGD(ps, lr=0.05),
+                lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.7),
+            ),
+            r"problem 'lower': saved with optimizer Adam, this engine has SGD",
+        ),
+        (
+            lambda e: _swap_lower(
+                e,
+                lambda ps: torch.optim.AdamW(ps, lr=0.05),
+                lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.7),
+            ),
+            r"saved with optimizer Adam, this engine has AdamW",
+        ),
+        (
+            lambda e: _swap_lower(
+                e, None, lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)
+            ),
+            r"problem 'lower': saved with scheduler StepLR, this engine has ExponentialLR",
+        ),
+        (
+            lambda e: _swap_lower(e, None, None),
+            r"saved with scheduler StepLR, this engine has None",
+        ),
+        (
+            lambda e: _swap_lower(
+                e,
+                None,
+                lambda o: torch.optim.lr_scheduler.ChainedScheduler(
+                    [torch.optim.lr_scheduler.StepLR(o, 3, 0.7)]
+                ),
+            ),
+            r"saved with scheduler StepLR, this engine has ChainedScheduler\(StepLR\)",
+        ),
+    ],
+    ids=["sgd", "adamw", "scheduler", "no-scheduler", "chained"],
+)
+def test_checkpoint_of_another_optimizer_or_scheduler_is_rejected_without_changes(
+    tmp_path, change, match
+):
+    saved = build(3)
+    saved.run()
+    saved.save(str(tmp_path / "c.pt"))
+    target = change(build(3))
+    before = tensors(target)
+    lr = target.lower.optimizer.param_groups[0]["lr"]
+    with pytest.raises(ValueError, match=match):
+        target.load(str(tmp_path / "c.pt"))
+    assert_same(tensors(target), before)
+    assert target.lower.optimizer.param_groups[0]["lr"] == lr
+    assert target.global_step == 0
+
+
+def test_checkpoint_with_other_param_group_options_is_rejected(tmp_path):
+    saved = build(3)
+    saved.run()
+    path = tmp_path / "c.pt"
+    saved.save(str(path))
+    state = torch.load(path, weights_only=True)
+    state["problems"]["lower"]["layout"]["group_options"][0].remove("amsgrad")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"'lower': the optimizer's param group options differ"):
+        build(3).load(str(path))
+
+
+def test_checkpoint_of_an_older_format_version_names_both_versions(tmp_path):
+    saved = build(1)
+    saved.save(str(tmp_path / "c.pt"))
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    state["version"] = 1
+    for problem in state["problems"].values():
+        del problem["layout"]
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(
+        ValueError,
+        match=rf"format version 1, this ziggurat reads version "
+        rf"{_checkpoint.VERSION} only",
+    ):
+        build(1).load(str(tmp_path / "old.pt"))
+
+
+def test_resume_removes_temp_files_of_an_interrupted_save(tmp_path, caplog):
+    ckpt = tmp_path / "ckpt"
+    build(3, checkpoint_dir=str(ckpt), checkpoint_step=3).run()
+    stale = [ckpt / ".tmpab12cd.tmp", ckpt / ".x.tmp"]
+    for f in stale:
+        f.write_bytes(b"PK\x03\x04partial")
+    kept = [ckpt / "notes.tmp", ckpt / ".hidden"]  # not names write_atomic makes
+    for f in kept:
+        f.write_text("mine")
+    resumed = build(4, checkpoint_dir=str(ckpt), resume=True)
+    with caplog.at_level("INFO", logger="ziggurat"):
+        resumed.run()
+    assert resumed.global_step == 4
+    assert not any(f.exists() for f in stale)
+    assert all(f.exists() for f in kept)
+    for f in stale:
+        assert f"removed {f}, left by an interrupted checkpoint save" in caplog.text
+    assert sorted(os.listdir(ckpt)) == [".hidden", "notes.tmp", "step-000000003.pt"]

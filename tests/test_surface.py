@@ -153,11 +153,41 @@ def test_unknown_problem_name_inside_training_step() -> None:
         (lambda: EngineConfig(strategy="mpi"), r"EngineConfig strategy must be one of"),
         (lambda: EngineConfig(early_stopping_mode="up"), r"early_stopping_mode must be one of"),
         (lambda: EngineConfig(train_iters=-1), r"train_iters must be an integer >= 0"),
+        # a string or an int is truthy: these would turn features on
+        (lambda: Config(first_order="no"), r"Config first_order must be True or False, got 'no'"),
+        (lambda: Config(retain_graph=1), r"Config retain_graph must be True or False, got 1"),
+        (lambda: Config(log_local_step="yes"), r"Config log_local_step must be True or False"),
+        (lambda: Config(cg_warm_start="no"), r"Config cg_warm_start must be True or False"),
+        (lambda: Config(allow_unused=None), r"Config allow_unused must be True or False"),
+        (lambda: Config(fp16="no"), r"Config fp16 must be True or False, got 'no'"),
+        (lambda: Config(steps=2.5), r"Config unroll_steps must be an integer >= 1, got 2.5"),
+        (lambda: Config(gradient_clipping=True), r"gradient_clipping must be a finite number >= 0"),
+        (lambda: Config(darts_alpha=True), r"darts_alpha must be a finite number > 0, got True"),
+        (lambda: EngineConfig(early_stopping="false"), r"early_stopping must be True or False"),
+        (lambda: EngineConfig(resume="no"), r"EngineConfig resume must be True or False"),
+        (lambda: EngineConfig(roll_back="False"), r"EngineConfig roll_back must be True or False"),
+        (lambda: EngineConfig(distributed="no"), r"EngineConfig distributed must be True or"),
+        (lambda: EngineConfig(backend="foo"), r"backend must be None .*'gloo', 'nccl'.*'foo'"),
+        (lambda: EngineConfig(backend="cpu:gloo,cuda:nccl2"), r"EngineConfig backend must be"),
+        (lambda: EngineConfig(backend=1), r"EngineConfig backend must be"),
+        (lambda: EngineConfig(early_stopping_metric=None), r"early_stopping_metric must be a str"),
+        (lambda: EngineConfig(log_dir=None), r"EngineConfig log_dir must be a string, got None"),
+        (lambda: EngineConfig(run_name=3), r"run_name must be a string or None, got 3"),
+        (lambda: EngineConfig(plateau_metric=3), r"plateau_metric must be a string or None"),
+        (lambda: EngineConfig(checkpoint_dir=5), r"checkpoint_dir must be a string or None"),
     ],
 )
 def test_bad_option_values(build, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_good_text_and_backend_options_are_kept(tmp_path) -> None:
+    assert EngineConfig(backend="gloo").backend == "gloo"
+    assert EngineConfig(backend="cpu:gloo,cuda:nccl").backend == "cpu:gloo,cuda:nccl"
+    assert EngineConfig(checkpoint_dir=tmp_path).checkpoint_dir == str(tmp_path)
+    assert EngineConfig(log_dir=tmp_path, run_name=None).log_dir == str(tmp_path)
+    assert Config(fp16=True, steps=3).unroll_steps == 3
 
 
 @pytest.mark.parametrize(
@@ -208,15 +238,27 @@ def test_config_hypergradient_overrides_type() -> None:
 
 
 def test_cg_alpha_does_not_change_the_answer() -> None:
-    grads = []
-    for alpha in (0.1, 1.0, 7.0):
+    class Ridge(Lower):  # an SPD Hessian (2/3 X^T X + I): CG is exact in 3 iterations
+        def training_step(self, batch):
+            fit = super().training_step(batch)
+            return fit + 0.5 * sum(p.pow(2).sum() for p in self.module.parameters())
+
+    def upper_grad(**config):
         torch.manual_seed(0)
-        up, low, deps = pair(type="cg", cg_iterations=2, cg_alpha=alpha)
+        up = make(Upper, "upper", loader=[torch.randn(3, 2)])
+        low = make(Ridge, "lower", loader=[torch.randn(3, 2)], **config)
         seen = []
-        up.grad_callback = lambda up=up, seen=seen: seen.append(up.module.weight.grad.clone())
+        up.grad_callback = lambda: seen.append(up.module.weight.grad.clone())
+        deps = {"u2l": {up: [low]}, "l2u": {low: [up]}}
         Engine(problems=[up, low], dependencies=deps, config=EngineConfig(train_iters=1)).run()
-        grads.append(seen[0])
-    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
+        return seen[0]
+
+    exact = upper_grad(type="exact")
+    assert exact.abs().max() > 1e-3
+    for alpha in (0.1, 1.0, 7.0):
+        assert Config(type="cg", cg_alpha=alpha).method() == Config(type="cg").method()
+        got = upper_grad(type="cg", cg_iterations=3, cg_alpha=alpha)
+        torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-6)
 
 
 def test_tutorial_style_configure_hooks_device_and_dict_loss() -> None:
@@ -284,11 +326,12 @@ def test_several_loaders_give_a_tuple_and_nested_batches_reach_the_device() -> N
         def training_step(self, batch):
             return self.module(batch[0]["x"]).pow(2).mean()
 
-    module = nn.Linear(2, 1)
+        def configure_optimizer(self):  # after the move: to("meta") replaces the parameters
+            return torch.optim.SGD(self.module.parameters(), lr=0.1)
+
     p = Multi(
         name="multi",
-        module=module,
-        optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        module=nn.Linear(2, 1),
         train_data_loader=([{"x": torch.ones(3, 2)}], [nested_batch()]),
         config=Config(),
         device="meta",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,9 @@ from ._fields import assign
 STRATEGIES = ("default", "cpu", "gpu", "ddp", "zero", "fsdp")
 STRATEGY_ALIASES = {"distributed": "ddp"}
 LOGGERS = ("none", "console", "tensorboard", "wandb", "mlflow")
+BACKENDS = ("gloo", "nccl", "mpi", "ucc")
+"""The ``torch.distributed`` backends; ``backend`` may also map devices to them
+(``"cpu:gloo,cuda:nccl"``), as ``init_process_group`` accepts."""
 
 
 @dataclass
@@ -51,8 +55,12 @@ class EngineConfig:
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:
             distributed = kwargs.pop("distributed")
+            _checks.boolean("EngineConfig distributed", distributed)
             if distributed:
                 kwargs.setdefault("strategy", "ddp")
+        for key in ("log_dir", "checkpoint_dir"):  # a pathlib.Path is a path too
+            if isinstance(kwargs.get(key), os.PathLike):
+                kwargs[key] = os.fspath(kwargs[key])
         assign(self, kwargs)
         self.strategy = STRATEGY_ALIASES.get(self.strategy, self.strategy)
         self.validate()
@@ -64,6 +72,13 @@ class EngineConfig:
                 "AttributeError before training): launch with torchrun and use strategy='ddp', "
                 "'zero' or 'fsdp'; mixed precision is Config(precision='bf16' or 'fp16')"
             )
+        for flag in ("roll_back", "early_stopping", "resume"):
+            _checks.boolean(f"EngineConfig {flag}", getattr(self, flag))
+        _checks.text("EngineConfig log_dir", self.log_dir)
+        _checks.text("EngineConfig early_stopping_metric", self.early_stopping_metric)
+        for key in ("run_name", "plateau_metric", "checkpoint_dir"):
+            _checks.text(f"EngineConfig {key}", getattr(self, key), optional=True)
+        _check_backend(self.backend)
         _checks.int_at_least("EngineConfig train_iters", self.train_iters, 0)
         if isinstance(self.valid_step, bool) or not isinstance(self.valid_step, int):
             raise ValueError(f"EngineConfig valid_step must be an integer, got {self.valid_step!r}")
@@ -86,3 +101,16 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _check_backend(backend: object) -> None:
+    if backend is None:
+        return
+    parts = backend.split(",") if isinstance(backend, str) else [None]
+    names = [p.split(":")[-1].strip() if isinstance(p, str) else p for p in parts]
+    if not all(n in BACKENDS for n in names):
+        raise ValueError(
+            f"EngineConfig backend must be None (the default for the device) or a "
+            f"torch.distributed backend {list(BACKENDS)} (or 'cpu:gloo,cuda:nccl'), "
+            f"got {backend!r}"
+        )

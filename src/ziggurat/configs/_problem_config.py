@@ -17,8 +17,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # keywords from older releases and tutorials, mapped to the current fields
 _LEGACY: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "fp16": ("precision", lambda v: "fp16" if v else "fp32"),
-    "steps": ("unroll_steps", int),
+    "steps": ("unroll_steps", lambda v: v),  # checked as unroll_steps
 }
+_BOOLS = (
+    "first_order",
+    "retain_graph",
+    "allow_unused",
+    "log_local_step",
+    "darts_multitask",
+    "sama_multitask",
+    "cg_warm_start",
+)
 
 
 @dataclass
@@ -43,8 +52,10 @@ class Config:
 
     Differences from Betty, on purpose (the full list is in the README):
 
-    * ``cg_alpha`` rescales the system that CG solves; CG is invariant to that scaling, so every
-      value gives the same, correct answer (Betty's was correct only at 1.0).
+    * ``cg_alpha`` is accepted for Betty compatibility (checked > 0) and not used: conjugate
+      gradient is invariant to scaling the system ``alpha H x = alpha b``, so the answer is the
+      same for every value. (Betty 0.2.1 rescaled only part of its CG recurrence, which is
+      wrong unless ``cg_alpha=1``.)
     * ``retain_graph`` and ``first_order`` are accepted for compatibility; ziggurat never needs
       ``retain_graph`` and chooses implicit or unrolled differentiation from the problem types.
     * ``allow_unused`` is accepted; unused parameters always receive a zero hypergradient.
@@ -80,6 +91,8 @@ class Config:
     checkpoint_segments: int | str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
+        if "fp16" in kwargs:
+            _checks.boolean("Config fp16", kwargs["fp16"])
         for old, (new, convert) in _LEGACY.items():
             if old in kwargs:
                 kwargs.setdefault(new, convert(kwargs.pop(old)))
@@ -87,6 +100,8 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
+        for flag in _BOOLS:
+            _checks.boolean(f"Config {flag}", getattr(self, flag))
         _check_betty_only(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)

@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ziggurat")
 
 FORMAT = "ziggurat-checkpoint"
-VERSION = 1
+VERSION = 2
+"""Version 2 added each problem's ``layout`` (optimizer and scheduler classes, group options)."""
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMP = re.compile(r"^\..+\.tmp$")  # what write_atomic's mkstemp names
 
 
 # ---------------------------------------------------------------------- paths
@@ -59,6 +61,13 @@ def latest_checkpoint(directory: str) -> str | None:
         return None
     steps = [int(m.group(1)) for f in os.listdir(directory) if (m := _NAME.match(f))]
     return checkpoint_path(directory, max(steps)) if steps else None
+
+
+def stale_temp_files(directory: str) -> list[str]:
+    """Names of the temporary files in ``directory`` that :func:`write_atomic` creates."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(f for f in os.listdir(directory) if _TEMP.match(f))
 
 
 # ---------------------------------------------------------------------- RNG
@@ -132,12 +141,38 @@ def _module_and_optimizer(problem: Problem) -> dict[str, Any]:
     return {"module": problem.module.state_dict(), "optimizer": problem.optimizer.state_dict()}
 
 
+def _scheduler_name(scheduler: Any) -> str | None:
+    """The scheduler's class, with the classes it chains (``SequentialLR(LinearLR, StepLR)``)."""
+    if scheduler is None:
+        return None
+    inner = getattr(scheduler, "_schedulers", None)
+    name = type(scheduler).__name__
+    if isinstance(inner, (list, tuple)) and inner:
+        return f"{name}({', '.join(type(s).__name__ for s in inner)})"
+    return name
+
+
+def layout(problem: Problem) -> dict[str, Any]:
+    """What a checkpoint's optimizer and scheduler state only fits: their classes and each
+    param group's option names (a state of one optimizer loads into another silently)."""
+    assert problem.optimizer is not None
+    return {
+        "optimizer": type(problem._own_optimizer()).__name__,
+        "group_options": [
+            sorted(k for k in g if k not in ("params", "initial_lr"))
+            for g in problem.optimizer.param_groups
+        ],
+        "scheduler": _scheduler_name(problem.scheduler),
+    }
+
+
 def problem_state(problem: Problem) -> dict[str, Any]:
     """One problem's state; a collective for an FSDP2-sharded problem (every rank calls it)."""
     assert problem.module is not None and problem.optimizer is not None
     iterative = isinstance(problem, IterativeProblem)
     state = {
         "kind": type(problem).__name__,
+        "layout": layout(problem),
         **_module_and_optimizer(problem),
         "scheduler": None if problem.scheduler is None else problem.scheduler.state_dict(),
         "scaler": None if problem.scaler is None else problem.scaler.state_dict(),
@@ -272,11 +307,10 @@ def _check_problem(path: str, problem: Problem, state: dict[str, Any]) -> None:
     if saved != live:
         diff = sorted(k for k in saved.keys() | live.keys() if saved.get(k) != live.get(k))
         raise ValueError(f"{where}: parameter names or shapes differ ({diff[:5]})")
+    _check_layout(where, state["layout"], layout(problem))
     groups = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
     if groups != [len(g["params"]) for g in problem.optimizer.param_groups]:
         raise ValueError(f"{where}: optimizer parameter groups differ")
-    if (state["scheduler"] is None) != (problem.scheduler is None):
-        raise ValueError(f"{where}: a scheduler is present in one and not the other")
     if len(state["loaders"]) != len(problem._loaders):
         raise ValueError(f"{where}: number of data loaders differs")
     saved_lowers, live_lowers = sorted(state["ready"]), sorted(c.name for c in problem.children)
@@ -288,14 +322,34 @@ def _check_problem(path: str, problem: Problem, state: dict[str, Any]) -> None:
         )
 
 
+def _check_layout(where: str, saved: dict[str, Any], live: dict[str, Any]) -> None:
+    fix = "build the engine with the optimizer and scheduler the checkpoint was saved with"
+    if saved["optimizer"] != live["optimizer"]:
+        raise ValueError(
+            f"{where}: saved with optimizer {saved['optimizer']}, this engine has "
+            f"{live['optimizer']}; {fix}"
+        )
+    if saved["group_options"] != live["group_options"]:
+        raise ValueError(
+            f"{where}: the optimizer's param group options differ (saved "
+            f"{saved['group_options']}, this engine has {live['group_options']}); {fix}"
+        )
+    if saved["scheduler"] != live["scheduler"]:
+        raise ValueError(
+            f"{where}: saved with scheduler {saved['scheduler']}, this engine has "
+            f"{live['scheduler']}; {fix}"
+        )
+
+
 def check_compatible(engine: Engine, state: Any, path: str) -> None:
     """Raise ``ValueError`` unless ``state`` is a checkpoint of this program."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a ziggurat checkpoint")
     if state.get("version") != VERSION:
         raise ValueError(
-            f"checkpoint {path!r} has format version {state.get('version')}, "
-            f"this ziggurat reads version {VERSION}"
+            f"checkpoint {path!r} has format version {state.get('version')}, this ziggurat "
+            f"reads version {VERSION} only; load it with the ziggurat release that wrote it "
+            "(version 1 files lack the optimizer and scheduler classes that are now checked)"
         )
     saved, live = sorted(state["problems"]), sorted(engine.problem_names())
     if saved != live:

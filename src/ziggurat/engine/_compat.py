@@ -13,10 +13,29 @@ from torch import Tensor
 from ..problems import Problem
 
 
-def check_problems(problems: Sequence[Problem]) -> None:
+def check_overrides(problems: Sequence[Problem]) -> None:
+    """Before any ``configure_*`` hook runs: Betty overrides that would be ignored."""
     for p in problems:
         _check_meta_parameters(p)
+        _check_trainable_parameters(p)
+
+
+def check_problems(problems: Sequence[Problem]) -> None:
+    """After the problems are initialised: what needs their optimizers."""
+    for p in problems:
         _check_param_groups(p)
+
+
+def _check_trainable_parameters(problem: Problem) -> None:
+    if type(problem).trainable_parameters is not Problem.trainable_parameters:
+        raise TypeError(
+            f"problem {problem.name!r} overrides trainable_parameters(), which ziggurat does "
+            "not honour: a level's parameters are always its module's parameters with "
+            "requires_grad=True (named_trainable_parameters()), and its optimizer is used as "
+            "given (Betty rebuilt it over the override's tensors). Remove the override; to "
+            "leave tensors out of training and hypergradients, call requires_grad_(False) on "
+            "them and build the optimizer over the rest"
+        )
 
 
 def _check_meta_parameters(problem: Problem) -> None:

@@ -56,11 +56,7 @@ class Engine:
         self._run = _run.RunServices(self)
         self._by_name = {p.name: p for p in self.problems}
         self.graph: Graph = parse([p.name for p in self.problems], dependencies)
-        for name in self._by_name:
-            if hasattr(type(self), name):
-                raise ValueError(
-                    f"problem name {name!r} clashes with an Engine attribute; rename it"
-                )
+        _wiring.check_names(self, self.problems)
         self._check_strategy(self.graph)
         self.distributed: SingleProcess = make_group(
             self.config.strategy, self.config.backend, self._pick_device()
@@ -85,10 +81,13 @@ class Engine:
         """Wire parents, children and paths, then initialise every problem."""
         for p in self.problems:
             p.env = self.env
+        _compat.check_overrides(self.problems)
         self.leaves = _wiring.wire(self._by_name, self.graph)
         for p in self.problems:
             p.initialize(self)
         _compat.check_problems(self.problems)
+        # attributes the problems set while initialising may shadow a name too
+        _wiring.check_names(self, self.problems)
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
         prepare_problems(self.distributed, self.problems)
@@ -169,10 +168,11 @@ class Engine:
     # ------------------------------------------------------------------ running
     def run(self) -> dict[str, float] | None:
         """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
+        _run.check_plateau_schedulers(self)
+        _run.check_early_stopping(self, validates=type(self).validation is not Engine.validation)
         self.train()
         if self.config.resume:
             self._run.resume()
-        _run.check_plateau_schedulers(self)
         last = None
         with self._run.session():
             while self.global_step < self.config.train_iters and not self.stopped_early:
@@ -248,6 +248,12 @@ class Engine:
             stats = self.validation()
         finally:
             self.train()
+        if stats is None and self.config.early_stopping:
+            raise ValueError(
+                f"validation() returned None at global step {self.global_step}, but "
+                "EngineConfig early_stopping=True needs its metric "
+                f"{self.config.early_stopping_metric!r}; return a dict with it"
+            )
         if stats is None:
             return None
         if not isinstance(stats, Mapping):

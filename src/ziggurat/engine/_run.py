@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -89,6 +90,8 @@ class RunServices:
         directory = self.engine.config.checkpoint_dir
         if not directory:
             raise ValueError("EngineConfig resume=True needs checkpoint_dir")
+        if self.engine.distributed.is_main:
+            remove_stale_temp_files(directory)
         # rank 0 picks, so every rank loads the same file
         path = self.engine.distributed.broadcast_object(_checkpoint.latest_checkpoint(directory))
         if path is None:
@@ -126,6 +129,19 @@ class RunServices:
             self.logger().describe(source, text, step)
 
 
+def remove_stale_temp_files(directory: str) -> None:
+    """Delete the temporary files (``.*.tmp``) a save interrupted by a crash left behind.
+
+    Only a resumed run calls it: a run writing checkpoints into ``directory`` at the same time
+    would be another run of the same program, which resuming from that directory excludes.
+    """
+    for name in _checkpoint.stale_temp_files(directory):
+        path = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            log.info("resume: removed %s, left by an interrupted checkpoint save", path)
+
+
 def _wants_progress(setting: bool | None) -> bool:
     """``EngineConfig.progress``: ``None`` means a bar when tqdm is there and stderr is a tty."""
     if setting is not None:
@@ -140,6 +156,29 @@ def check_plateau_schedulers(engine: Engine) -> None:
         raise ValueError(
             f"problems {plateau} use ReduceLROnPlateau, which steps on a validation metric, "
             "but EngineConfig valid_step disables validation; set valid_step > 0"
+        )
+
+
+def check_early_stopping(engine: Engine, validates: bool) -> None:
+    """Early stopping reads validation results, so validation must run and return them.
+
+    ``validates``: whether ``engine`` overrides ``Engine.validation``.
+    """
+    cfg = engine.config
+    if not cfg.early_stopping:
+        return
+    if cfg.valid_step <= 0:
+        raise ValueError(
+            f"EngineConfig early_stopping=True stops on the validation metric "
+            f"{cfg.early_stopping_metric!r}, but valid_step={cfg.valid_step} disables "
+            "validation; set valid_step > 0, or early_stopping=False"
+        )
+    if not validates:
+        raise ValueError(
+            f"EngineConfig early_stopping=True stops on the validation metric "
+            f"{cfg.early_stopping_metric!r}, but {type(engine).__name__} does not override "
+            "validation(); define validation() returning a dict with that metric, or set "
+            "early_stopping=False"
         )
 
 

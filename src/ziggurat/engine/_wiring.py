@@ -10,9 +10,48 @@ levels step) and an unrolled level's trajectory (recorded under the old upper le
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..problems import Problem
 from ._graph import Graph
+
+# attributes Engine.__init__ and Engine.initialize set (checked before they all exist)
+_ENGINE_ATTRIBUTES = frozenset(
+    {"config", "problems", "env", "global_step", "validation_history", "stopped_early"}
+    | {"graph", "distributed", "device", "leaves", "has_unrolled"}
+)
+
+
+def check_names(engine: Any, problems: Sequence[Problem]) -> None:
+    """``ValueError`` for a problem name that an attribute would shadow.
+
+    Problems reach each other as ``self.<name>`` and the engine reaches them as
+    ``engine.<name>``, both through ``__getattr__``, which only runs when normal lookup fails:
+    a name that is also an attribute of the engine or of any problem (its class's methods and
+    properties, or what it set on itself, such as ``cfg`` or ``paths``) would give that
+    attribute instead of the problem.
+    """
+    for name in (p.name for p in problems):
+        if name.startswith("_"):
+            raise ValueError(
+                f"problem name {name!r} starts with '_', so self.{name} never reaches the "
+                "problem (private names are not looked up); rename the problem"
+            )
+        owner = _owner_of(name, engine, problems)
+        if owner is not None:
+            raise ValueError(
+                f"problem name {name!r} clashes with the attribute {name!r} of {owner}: "
+                f"there, .{name} gives that attribute instead of the problem; rename the problem"
+            )
+
+
+def _owner_of(name: str, engine: Any, problems: Sequence[Problem]) -> str | None:
+    if name in _ENGINE_ATTRIBUTES or name in vars(engine) or hasattr(type(engine), name):
+        return "the Engine"
+    for p in problems:
+        if name in vars(p) or hasattr(type(p), name):
+            return f"problem {p.name!r} ({type(p).__name__})"
+    return None
 
 
 def wire(problems: Mapping[str, Problem], graph: Graph) -> list[Problem]:

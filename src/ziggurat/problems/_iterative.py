@@ -301,6 +301,45 @@ class IterativeProblem(Problem):
         self._opt_state = cache["opt_state"]
         self._sync_module()
 
+    def state_dict(self) -> dict[str, Any]:
+        """``Problem.state_dict`` plus what lives outside the module and torch optimizer: the
+        current ``params`` and the differentiable optimizer's state (``step`` and buffers,
+        e.g. Adam's moments), detached."""
+        assert self._opt_state is not None
+        out = super().state_dict()
+        out["params"] = {k: t.detach().clone() for k, t in self._params.items()}
+        out["opt_state"] = {
+            "step": self._opt_state.step,
+            "buffers": {b: _tree.detach(tree) for b, tree in self._opt_state.buffers.items()},
+        }
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the parameters start a new inner loop's graph."""
+        missing = [k for k in ("params", "opt_state") if k not in state]
+        if missing:
+            raise ValueError(
+                f"problem {self.name!r}: the state has no {missing} entries, which an "
+                "IterativeProblem needs (its parameters and optimizer state live outside the "
+                "module); pass the dict that IterativeProblem.state_dict() returned"
+            )
+        if sorted(state["params"]) != sorted(self._params):
+            raise ValueError(
+                f"problem {self.name!r}: the state's parameters {sorted(state['params'])} are "
+                f"not this problem's {sorted(self._params)}"
+            )
+        super().load_state_dict(state)
+        device = self.device or torch.device("cpu")
+        # in this problem's order, which the tree operations expect
+        self._params = _tree.leaves({k: state["params"][k].to(device) for k in self._params})
+        opt = state["opt_state"]
+        buffers = {
+            b: {k: tree[k].to(device) for k in self._params} for b, tree in opt["buffers"].items()
+        }
+        self._opt_state = OptState(int(opt["step"]), buffers)
+        self._pending = None
+        self._sync_module()
+
     def zero_grad(self) -> None:
         """Discard the gradients of the open accumulation window."""
         self._pending = None

@@ -51,7 +51,8 @@ class Problem(ProblemHelpers):
         module, optimizer, scheduler, train_data_loader: the components; each may instead come
             from ``configure_module()``, ``configure_optimizer()``, ``configure_scheduler()`` and
             ``configure_train_data_loader()``. Several loaders may be given as a tuple; the batch
-            is then a tuple of batches.
+            is then a tuple of batches. The optimizer must hold every module parameter with
+            ``requires_grad=True`` (the level's parameters); freeze the others.
         extra_config: any object, available as ``self.cfg``.
         device: where the module and batches live; defaults to the engine's device.
 
@@ -152,7 +153,12 @@ class Problem(ProblemHelpers):
         """Called when the first data loader starts a new epoch. No-op."""
 
     def custom_optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Apply the written gradients. Default: ``self.optimizer.step()``."""
+        """Apply the written gradients, once per update. Default: ``self.optimizer.step()``.
+
+        Runs after the gradients are unscaled and clipped; the optimizer's ``zero_grad`` and
+        ``param_callback`` follow. An override cannot be combined with ``precision="fp16"``
+        (refused when the engine is built), whose GradScaler takes the step itself.
+        """
         assert self.optimizer is not None
         return self.optimizer.step()
 
@@ -308,25 +314,75 @@ class Problem(ProblemHelpers):
         self.device = self.device or engine.device
         if self.module is None:
             self.module = self.configure_module()
-        if not isinstance(self.module, nn.Module):
-            raise ValueError(
-                f"problem {self._name!r} has no module: pass module= or define configure_module()"
-            )
+        self._check_component("module", self.module, nn.Module, "an nn.Module")
+        assert self.module is not None
+        before = {id(p) for p in self.module.parameters()}
         self.module.to(self.device)
+        moved = {id(p) for p in self.module.parameters()} != before
         if self.optimizer is None:
             self.optimizer = self.configure_optimizer()
-        if not isinstance(self.optimizer, torch.optim.Optimizer):
-            raise ValueError(
-                f"problem {self._name!r} has no optimizer: pass optimizer= or define "
-                "configure_optimizer()"
-            )
+        self._check_component(
+            "optimizer", self.optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer"
+        )
+        self._check_optimizer_holds_parameters(replaced=moved)
         if self.scheduler is None:
             self.scheduler = self.configure_scheduler()
         if self.train_data_loader is None:
             self.train_data_loader = self.configure_train_data_loader()
         self._setup_loaders()
+        self._check_custom_step()
         self._check_precision()
         self.scaler = self._make_scaler()
+
+    def _check_component(self, what: str, value: Any, kind: type, kind_name: str) -> None:
+        if value is None:
+            raise ValueError(
+                f"problem {self._name!r} has no {what}: pass {what}= or define configure_{what}()"
+            )
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"problem {self._name!r}: got {type(value).__name__} as its {what}; expected "
+                f"{kind_name} (from {what}= or configure_{what}())"
+            )
+
+    def _check_optimizer_holds_parameters(self, replaced: bool = False) -> None:
+        """Every trainable parameter of the module must be in the optimizer.
+
+        A level's gradients (direct and hypergradient) are written on every trainable
+        parameter, and its hops differentiate through all of them; one the optimizer does not
+        hold would never be cleared or stepped by it (its ``.grad`` would grow without bound
+        and enter clipping) or, in an unrolled level, would still be updated.
+        """
+        assert self.module is not None and self.optimizer is not None
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        missing = [
+            k for k, p in self.module.named_parameters() if p.requires_grad and id(p) not in held
+        ]
+        if missing and replaced:
+            raise ValueError(
+                f"problem {self._name!r}: moving its module to {self.device} replaced its "
+                "parameter tensors (module.to does so between incompatible tensor types), so "
+                "its optimizer holds the old ones; build the optimizer in configure_optimizer(), "
+                "which runs after the move, or move the module before building the optimizer"
+            )
+        if missing:
+            shown = ", ".join(repr(k) for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"problem {self._name!r}: {len(missing)} trainable parameter(s) of its module are "
+                f"not in its optimizer ({shown}); a level trains and differentiates through "
+                "every parameter with requires_grad=True. Add them to the optimizer, or freeze "
+                "them with requires_grad_(False) before building the engine"
+            )
+
+    def _check_custom_step(self) -> None:
+        overridden = type(self).custom_optimizer_step is not Problem.custom_optimizer_step
+        if overridden and self._config.precision == "fp16":
+            raise ValueError(
+                f"problem {self._name!r} overrides custom_optimizer_step, which cannot be "
+                "combined with precision='fp16': the GradScaler must take the step itself, to "
+                "skip it when the unscaled gradients are not finite. Use precision='bf16' or "
+                "'fp32', or remove the override"
+            )
 
     def _setup_loaders(self) -> None:
         loaders = self.train_data_loader
@@ -569,7 +625,7 @@ class Problem(ProblemHelpers):
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
         self._last_grads = self._snapshot_grads(params) if self.reads_last_grads() else None
-        if self.scaler is not None:
+        if self.scaler is not None:  # fp16: the default step (an override is refused)
             self.scaler.step(self.optimizer)  # skipped when the unscaled gradients are not finite
             self.scaler.update()
         else:
