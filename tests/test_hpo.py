@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ from ziggurat import linalg
 from ziggurat._products import Linearization
 from ziggurat.datasets import breast_cancer
 from ziggurat.hpo import HyperModel
-from ziggurat.hypergradient import exact
+from ziggurat.hypergradient import (
+    Implicit,
+    MixedAutograd,
+    MixedFiniteDifference,
+    cg,
+    darts,
+    exact,
+    sama,
+)
 
 D = torch.float64
 
@@ -113,6 +122,48 @@ def test_hypergradient_through_a_transform_matches_finite_differences(data) -> N
     assert info.method == "exact"
 
 
+def noise_augmented() -> HyperModel:
+    """Gaussian input noise whose log-strength is the hyperparameter: a random transform."""
+    torch.manual_seed(0)
+    return HyperModel(
+        nn.Linear(30, 1).to(D),
+        hyper={"log_noise": torch.tensor(-1.0, dtype=D)},
+        loss=bce,
+        regularizer=lambda p, h: 0.01 * (p["weight"] ** 2).sum(),
+        transform=lambda b, h: (b[0] + h["log_noise"].exp() * torch.randn_like(b[0]), b[1]),
+    )
+
+
+def test_a_random_transform_makes_the_same_draws_within_one_hypergradient(data) -> None:
+    """Both sides of a finite-difference mixed product (DARTS, SAMA) must see one noise draw:
+    before, each loss evaluation drew afresh and DARTS gave 70.1, 22.5, 69.4, -66.8 where the
+    exact mixed product gives about 1e-3. With the draw fixed, the finite difference matches
+    the same hypergradient computed by double backward under the same global seed."""
+    train, val = data
+    model = noise_augmented()
+    model.train_inner(lbfgs(model.module.parameters()), train, 5)
+
+    def at_seed(method, seed: int) -> float:
+        torch.manual_seed(seed)
+        return model.hypergradient(train, val, method=method)[0]["log_noise"].item()
+
+    identity_exact = Implicit(linalg.identity(), MixedAutograd())  # DARTS without the FD
+    cg_fd = Implicit(linalg.conjugate_gradient(50, 1e-10), MixedFiniteDifference())
+    for seed in (1, 2):
+        exact_mixed = at_seed(identity_exact, seed)
+        assert 1e-5 < abs(exact_mixed) < 1e-2  # the scale of this hypergradient
+        assert at_seed(darts(), seed) == pytest.approx(exact_mixed, rel=1e-6)
+        assert at_seed(sama(1e-3), seed) == pytest.approx(exact_mixed, rel=1e-5)
+        assert at_seed(cg_fd, seed) == pytest.approx(at_seed(cg(50, 1e-10), seed), rel=1e-7)
+        # a fixed global seed reproduces the call exactly
+        assert at_seed(darts(), seed) == at_seed(darts(), seed)
+    # successive calls still draw fresh noise: the stochastic hypergradient varies
+    torch.manual_seed(1)
+    calls = [model.hypergradient(train, val, method=cg(50, 1e-10))[0]["log_noise"].item()]
+    calls.append(model.hypergradient(train, val, method=cg(50, 1e-10))[0]["log_noise"].item())
+    assert abs(calls[0] - calls[1]) > 1e-4
+
+
 def test_progress_bar_is_shown_and_can_be_disabled(data, capsys) -> None:
     train, val = data
     per_feature_l2(torch.zeros(30, dtype=D)).fit(train, val, outer_steps=2, inner_steps=1)
@@ -147,3 +198,35 @@ def test_bad_inputs_fail_early_with_clear_errors(data) -> None:
     with pytest.raises(ValueError, match="same number of rows, got 100 and 99"):
         model.fit((train[0], train[1][:99]), val)
     assert math.isfinite(float(model.val_loss(model.params(), val)))
+
+
+def test_fit_without_tqdm_prints_lines_by_default_and_refuses_an_explicit_bar(
+    data, monkeypatch, capsys
+) -> None:
+    train, val = data
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `from tqdm import tqdm` fail
+    model = per_feature_l2(torch.zeros(30, dtype=D))
+    with pytest.raises(
+        ImportError, match=r"progress=True\) needs tqdm: pip install 'ziggurat\[progress\]'"
+    ):
+        model.fit(train, val, outer_steps=2, inner_steps=1, progress=True)
+    assert model.hyper["log_l2"].abs().max().item() == 0.0  # refused before any step
+    history = model.fit(train, val, outer_steps=20, inner_steps=1)
+    lines = capsys.readouterr().err.splitlines()
+    # one line every 20 // 10 = 2 steps, with the validation loss recorded at that step
+    assert lines == [
+        f"hpo step {i}/20: val_loss {history.val_loss[i - 1]:.4g}" for i in range(2, 21, 2)
+    ]
+    model.fit(train, val, outer_steps=2, inner_steps=1, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="fit progress must be True, False or None, got 'yes'"):
+        model.fit(train, val, progress="yes")  # type: ignore[arg-type]
+
+
+def test_datasets_without_scikit_learn_name_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(
+        ImportError, match=r"breast_cancer needs scikit-learn.*pip install 'ziggurat\[examples\]'"
+    ):
+        breast_cancer()

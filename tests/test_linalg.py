@@ -154,3 +154,54 @@ def test_tree_solvers_handle_several_leaves() -> None:
 def test_bad_solver_options_fail_at_construction(build, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+SOLVERS = {
+    "cg": (linalg.conjugate_gradient(5), "cg"),
+    "cg_warm": (linalg.conjugate_gradient(5, warm_start=True), "cg"),
+    "neumann": (linalg.neumann(5, 0.1), "neumann"),
+    "neumann_0": (linalg.neumann(0, 0.1), "neumann"),
+    "fixed_point": (linalg.fixed_point(5, 0.1), "fixed_point"),
+    "dense": (linalg.dense(), "dense solve"),
+}
+"""The identity solver (DARTS) does not inspect ``b``: the finite-difference mixed product that
+follows it refuses a non-finite cotangent (``test_core_robustness.py``)."""
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_a_non_finite_right_hand_side_is_refused_by_every_solver(name: str, bad: float) -> None:
+    """Never zeros or a residual of 0 for a NaN cotangent: a ``ValueError`` naming it."""
+    solver, label = SOLVERS[name]
+    h, b = system(3, 1.0, 2.0)
+    calls: list[int] = []
+
+    def counted(u):
+        calls.append(1)
+        return op(h)(u)
+
+    bad_b = {"x": b["x"], "y": torch.tensor([1.0, bad], dtype=torch.float64)}
+    pattern = (
+        rf"{label}: the right-hand side b \(the cotangent v = dF/dw.*non-finite entries in \['y'\]"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        solver(counted, bad_b, x0={k: torch.zeros_like(t) for k, t in bad_b.items()})
+    assert calls == []  # refused before spending a product
+
+
+def test_an_overflowing_norm_is_named_as_such() -> None:
+    big = {"x": torch.full((4,), 1e200, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"\|\|b\|\| = inf, its norm overflows the dtype"):
+        linalg.conjugate_gradient(5)(op(torch.eye(4, dtype=torch.float64)), big)
+
+
+def test_dense_reports_only_a_singular_matrix_as_singular() -> None:
+    """Any other failure of the solve (here a dtype mismatch) propagates with its own message
+    instead of "the Hessian is singular ... add damping"."""
+    h = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="dtype") as e:
+        linalg.dense()(lambda u: {"x": h @ u["x"].double()}, {"x": torch.ones(3)})
+    assert "singular" not in str(e.value)
+    with pytest.raises(ValueError, match=r"Hessian is singular.*damping > 0") as singular:
+        linalg.dense()(op(torch.zeros(3, 3, dtype=torch.float64)), {"x": torch.ones(3).double()})
+    assert isinstance(singular.value.__cause__, torch.linalg.LinAlgError)

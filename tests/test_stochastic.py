@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from registry import logistic_gauss_newton
+from ziggurat import linalg
 from ziggurat.analytic import LogisticHPO
-from ziggurat.hypergradient import PRESETS, exact, random_batches, stochastic
+from ziggurat.hypergradient import PRESETS, Stochastic, cg, exact, random_batches, stochastic
 
 
 def logistic_case():
@@ -90,3 +92,32 @@ def test_registered_and_options_validated() -> None:
         random_batches(X, torch.zeros(10), batch_size=11)
     with pytest.raises(ValueError, match=r"same number of rows, got \[10, 9\]"):
         random_batches(X, torch.zeros(9), batch_size=2)
+
+
+def test_gauss_newton_curvature_is_refused_because_it_would_ignore_the_batches() -> None:
+    """Gauss-Newton evaluates its own full-batch outputs closure, never the sampled batches."""
+    problem = LogisticHPO.breast_cancer()
+    sampler = random_batches(problem.X, problem.y, batch_size=32, seed=0)
+    gn = logistic_gauss_newton(problem)
+    with pytest.raises(
+        ValueError, match=r"stochastic does not support curvature=GaussNewton.*DoubleBackward"
+    ):
+        stochastic(problem.batch_loss, sampler, num_batches=4, curvature=gn)
+    with pytest.raises(ValueError, match="full-batch outputs closure"):
+        Stochastic(linalg.conjugate_gradient(10), problem.batch_loss, sampler, curvature=gn)
+    # the full-batch alternative the message names is exact here (logits linear in w)
+    w, lam, v = problem.point()
+    got = cg(100, 1e-12, curvature=gn)(problem.inner, w, lam, v).vjp["lam"]
+    assert rel(got, exact()(problem.inner, w, lam, v).vjp["lam"]) < 1e-9
+
+
+@pytest.mark.parametrize("solver", [None, 3, "cg"])
+def test_a_solver_that_is_not_callable_is_refused_at_construction(solver) -> None:
+    loss = LogisticHPO.batch_loss
+    with pytest.raises(ValueError, match=rf"stochastic solver must be a linear solver.*{solver!r}"):
+        Stochastic(solver, loss, lambda: None)  # type: ignore[arg-type]
+    if solver is not None:  # None is the factory's default (CG)
+        with pytest.raises(ValueError, match="stochastic solver must be a linear solver"):
+            stochastic(loss, lambda: None, solver=solver)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stochastic curvature must have a matvec"):
+        stochastic(loss, lambda: None, curvature=lambda lin: None)  # type: ignore[arg-type]

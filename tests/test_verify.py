@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -68,7 +69,8 @@ def test_exact_methods_report_rounding_error_only(report) -> None:
         assert row.norm_ratio == pytest.approx(1.0, abs=1e-13)
     assert report.row("cg(8)").iterations == 8
     assert report.row("cg(8)").residual < 1e-14
-    assert report.reference == "dense solve in torch.float64"
+    assert re.fullmatch(r"dense solve in torch\.float64, residual \d\.\de-\d\d", report.reference)
+    assert float(report.reference.rsplit(" ", 1)[1]) < 1e-14
 
 
 @pytest.mark.parametrize("name", ["neumann(20)", "momentum(7)", "darts", "sama"])
@@ -129,8 +131,66 @@ def test_reference_is_float64_and_switches_to_cg_for_large_problems(quad) -> Non
     rep = verify(inner32, f32["w"], f32["l"], v32, methods={"exact": exact()}, repeats=1)
     assert 1e-9 < rep.row("exact").rel_error < 1e-5  # float32 rounding, seen by a float64 ref
     ref, label = reference_vjp(q.inner, w, lam, v, dense_limit=4)
-    assert label == "CG to 1e-12 in torch.float64"
+    # 8 unknowns, positive definite: CG is exact in at most 8 iterations
+    found = re.fullmatch(r"CG to 1e-12 \((\d) iterations\) in torch\.float64, residual (.*)", label)
+    assert found and int(found.group(1)) <= 8 and float(found.group(2)) < 1e-12
     assert rel(ref["lam"], q.exact_vjp(v)["lam"]) < 1e-10
+
+
+def diagonal_problem(d: torch.Tensor):
+    """``f = 1/2 sum_i d_i w_i^2 - w . lam``: ``H = diag(d)``, mixed ``-I``, so the
+    hypergradient is ``v / d`` exactly; ``d`` may have negative entries (indefinite ``H``)."""
+
+    def inner(w, lam):
+        return 0.5 * (d * w["w"] ** 2).sum() - (w["w"] * lam["lam"]).sum()
+
+    g = torch.Generator().manual_seed(3)
+    n = d.numel()
+    w = {"w": torch.randn(n, generator=g, dtype=torch.float64)}
+    lam = {"lam": torch.randn(n, generator=g, dtype=torch.float64)}
+    v = {"w": torch.randn(n, generator=g, dtype=torch.float64)}
+    return inner, w, lam, v
+
+
+def test_a_cg_reference_that_stops_on_an_indefinite_hessian_is_refused() -> None:
+    """Above the dense limit the reference is CG, which stops at the first direction of
+    negative curvature: it must raise instead of reporting errors against a wrong answer."""
+    d = torch.linspace(-1.0, 5.0, 41, dtype=torch.float64)
+    d[d.abs() < 1e-3] = 0.5  # no zero eigenvalue: H is indefinite but invertible
+    inner, w, lam, v = diagonal_problem(d)
+    with pytest.raises(ValueError, match=r"reference did not converge: relative residual") as e:
+        verify(inner, w, lam, v, methods={"cg": cg(5)}, reference_dense_limit=40, repeats=1)
+    message = str(e.value)
+    assert "on 41 unknowns" in message and "reference_dense_limit >= 41" in message
+    assert "reference_damping" in message and "reference_curvature" in message
+    with pytest.raises(ValueError, match="reference did not converge"):
+        reference_vjp(inner, w, lam, v, dense_limit=40)
+    # the fix the message names: a dense solve is exact on an invertible indefinite H
+    report = verify(
+        inner, w, lam, v, methods={"exact": exact()}, reference_dense_limit=41, repeats=1
+    )
+    assert report.reference.startswith("dense solve in torch.float64, residual ")
+    assert report.row("exact").rel_error < 1e-14
+    ref, _ = reference_vjp(inner, w, lam, v, dense_limit=41)
+    assert rel(ref["lam"], v["w"] / d) < 1e-14
+
+
+def test_reference_damping_makes_a_singular_hessian_actionable() -> None:
+    d = torch.tensor([2.0, 1.0, 0.0, 4.0], dtype=torch.float64)  # w[2] does not enter H
+    inner, w, lam, v = diagonal_problem(d)
+    with pytest.raises(ValueError, match=r"reference Hessian is singular.*reference_damping > 0"):
+        verify(inner, w, lam, v, methods={"cg": cg(5)}, repeats=1)
+    for limit in (4, 3):  # the dense reference and the CG one solve the same damped system
+        ref, label = reference_vjp(inner, w, lam, v, dense_limit=limit, damping=0.5)
+        assert rel(ref["lam"], v["w"] / (d + 0.5)) < 1e-13, label
+    report = verify(
+        inner, w, lam, v, methods={"cg": cg(4, 1e-300, damping=0.5)}, reference_damping=0.5
+    )
+    assert report.row("cg").rel_error < 1e-13
+    with pytest.raises(ValueError, match=r"verify reference_damping must be .* >= 0, got -1\.0"):
+        verify(inner, w, lam, v, reference_damping=-1.0)
+    with pytest.raises(ValueError, match="verify reference_dense_limit must be an integer >= 0"):
+        verify(inner, w, lam, v, reference_dense_limit=2.5)  # type: ignore[arg-type]
 
 
 def test_measure_units_and_bad_arguments(quad) -> None:

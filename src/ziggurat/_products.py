@@ -9,7 +9,6 @@ no graph back to the caller's tensors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from . import _checks, _tree
 from ._types import InnerLoss, Params
+from .linalg._rhs import finite_rhs_norm
 
 
 def scalar_loss(value: object, where: str) -> Tensor:
@@ -134,8 +134,8 @@ def default_fd_step(w: Params, u: Params) -> float:
     """
     first = next(iter(w.values()))
     eps = torch.finfo(first.dtype if first.is_floating_point() else torch.float32).eps
-    u_norm = float(_tree.norm(u))
-    if u_norm == 0.0 or not math.isfinite(u_norm):
+    u_norm = finite_rhs_norm(u, "finite-difference mixed product")
+    if u_norm == 0.0:
         return 0.0
     return eps ** (1.0 / 3.0) * max(1.0, float(_tree.norm(_tree.detach(w)))) / u_norm
 
@@ -152,7 +152,7 @@ def mixed_vjp_fd(
     """
     if radius is not None:
         _checks.positive("finite-difference radius", radius)
-        u_norm = float(_tree.norm(u))
+        u_norm = finite_rhs_norm(u, "finite-difference mixed product")
         h = radius / u_norm if u_norm > 0 else 0.0
     else:
         h = default_fd_step(w, u)

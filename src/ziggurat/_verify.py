@@ -1,7 +1,8 @@
 """Measure the error of hypergradient methods on the user's own problem.
 
 ``verify(inner, w, lam, v)`` computes a float64 reference ``v^T dw*/dlam`` (a dense solve for
-small problems, a long conjugate-gradient solve otherwise) and reports, for each method, its
+small problems, a long conjugate-gradient solve otherwise, whose achieved residual is checked)
+and reports, for each method, its
 relative error, cosine similarity, norm ratio, solver diagnostics and cost: wall time, and the
 same time in units of one gradient (G) and one Hessian-vector product (H) of the user's loss,
 both timed in the same call (the units of ``benchmarks/floors.py``).
@@ -21,7 +22,18 @@ import torch
 from . import _checks, _tree
 from ._products import Linearization, grad_lam
 from ._types import InnerLoss, Params
-from .hypergradient import HopContext, Method, cg, darts, exact, first_order, neumann, sama
+from .hypergradient import (
+    DoubleBackward,
+    HopContext,
+    Method,
+    cg,
+    darts,
+    exact,
+    first_order,
+    neumann,
+    sama,
+)
+from .hypergradient._implicit import Curvature
 
 
 @dataclass(frozen=True)
@@ -131,13 +143,29 @@ def reference_vjp(
     *,
     dtype: torch.dtype | None = torch.float64,
     dense_limit: int = 3000,
+    damping: float = 0.0,
+    curvature: Curvature | None = None,
 ) -> tuple[Params, str]:
-    """Float64 reference ``v^T dw*/dlam``: dense solve up to ``dense_limit`` unknowns, else CG."""
+    """Reference ``v^T dw*/dlam``: dense solve up to ``dense_limit`` unknowns, else CG.
+
+    The reference solves ``(H + damping I) x = v`` with ``H`` from ``curvature`` (default: the
+    exact Hessian by double backward), then measures the residual ``||v - (H + damping I) x||
+    / ||v||`` it achieved with one more product. Above :func:`reference_tolerance` it raises a
+    ``ValueError`` rather than report errors against a wrong reference (CG stops early on an
+    indefinite Hessian). The label names the solve and that residual.
+    """
+    _checks.int_at_least("verify reference_dense_limit", dense_limit, 0)
+    _checks.non_negative("verify reference_damping", damping)
+    curv: Curvature = DoubleBackward() if curvature is None else curvature
     cast = (lambda p: _tree.cast(p, dtype)) if dtype is not None else _tree.detach
     w64, lam64, v64 = cast(w), cast(lam), cast(v)
     n = _tree.numel(w)
-    method: Method = exact() if n <= dense_limit else cg(maxiter=max(1000, 2 * n), tol=1e-12)
-    label = f"{'dense solve' if n <= dense_limit else 'CG to 1e-12'} in {dtype or 'input dtype'}"
+    dense = n <= dense_limit
+    method: Method = (
+        exact(damping=damping, curvature=curv)
+        if dense
+        else cg(maxiter=max(1000, 2 * n), tol=1e-12, damping=damping, curvature=curv)
+    )
     try:
         result = method(inner, w64, lam64, v64)
     except RuntimeError as err:
@@ -145,7 +173,71 @@ def reference_vjp(
             f"verify: the inner loss failed in {dtype} ({err}); make it dtype-generic "
             "(cast data to the parameters' dtype) or pass reference_dtype=None"
         ) from err
-    return result.vjp, label
+    except ValueError as err:
+        if isinstance(err.__cause__, torch.linalg.LinAlgError):
+            raise ValueError(
+                f"verify: the reference Hessian is singular on {n} unknowns ({err.__cause__}); "
+                "pass reference_damping > 0 to verify (the reference then solves "
+                "(H + damping I) x = v; give the compared methods the same damping), or remove "
+                "parameters the loss does not depend on"
+            ) from err
+        raise
+    solution = result.info.solution
+    assert solution is not None  # Implicit always reports its solution
+    residual = _achieved_residual(inner, w64, lam64, v64, solution, damping, curv)
+    solve = "dense solve" if dense else f"CG to 1e-12 ({result.info.iterations} iterations)"
+    _check_reference(residual, reference_tolerance(v64), dense, solve, n, dense_limit)
+    return result.vjp, f"{solve} in {dtype or 'input dtype'}, residual {residual:.1e}"
+
+
+def reference_tolerance(v: Params) -> float:
+    """Largest relative residual accepted of the reference: ``1e-8``, or ``sqrt(eps)`` of
+    ``v``'s dtype when that is larger (a float32 reference cannot reach ``1e-8``)."""
+    eps = max(torch.finfo(t.dtype).eps for t in v.values())
+    return max(1e-8, math.sqrt(eps))
+
+
+def _achieved_residual(
+    inner: InnerLoss,
+    w: Params,
+    lam: Params,
+    v: Params,
+    x: Params,
+    damping: float,
+    curvature: Curvature,
+) -> float:
+    """``||v - (H + damping I) x|| / ||v||`` measured with one product (no recurrence)."""
+    v_norm = float(_tree.norm(v))
+    if v_norm == 0.0:
+        return 0.0
+    hx = curvature.matvec(Linearization(inner, w, lam))(_tree.detach(x))
+    r = _tree.sub(v, _tree.axpy(damping, x, hx))
+    return float(_tree.norm(_tree.detach(r))) / v_norm
+
+
+def _check_reference(
+    residual: float, tol: float, dense: bool, solve: str, n: int, dense_limit: int
+) -> None:
+    if residual <= tol:
+        return
+    if dense:
+        fix = (
+            "the Hessian is ill-conditioned: pass reference_damping > 0 to verify (the "
+            "reference then solves (H + damping I) x = v; give the compared methods the same "
+            "damping)"
+        )
+    else:
+        fix = (
+            "CG stops early when the Hessian is not positive definite. Pass "
+            f"reference_dense_limit >= {n} to verify (now {dense_limit}) so a dense solve is "
+            "used (n products, O(n^3) time), or reference_damping > 0 (the reference then "
+            "solves (H + damping I) x = v; give the compared methods the same damping), or a "
+            "positive semi-definite reference_curvature such as GaussNewton(...)"
+        )
+    raise ValueError(
+        f"verify: the reference did not converge: relative residual {residual:.2e} after "
+        f"{solve} on {n} unknowns, above {tol:.0e}; {fix}"
+    )
 
 
 def _median_seconds(call: Callable[[], object], repeats: int) -> float:
@@ -193,6 +285,9 @@ def verify(
     methods: Mapping[str, Method] | None = None,
     context: HopContext | None = None,
     reference_dtype: torch.dtype | None = torch.float64,
+    reference_dense_limit: int = 3000,
+    reference_damping: float = 0.0,
+    reference_curvature: Curvature | None = None,
     repeats: int = 3,
 ) -> VerifyReport:
     """Report each method's error against an exact reference on ``(inner, w, lam, v)``.
@@ -205,12 +300,33 @@ def verify(
         methods: name -> method; defaults to :func:`default_methods`.
         context: optional per-call state (e.g. a SAMA preconditioner) passed to every method.
         reference_dtype: dtype of the reference; ``None`` keeps the inputs' dtype.
+        reference_dense_limit: the reference is a dense solve up to this many unknowns (``n``
+            products and ``O(n^3)`` time), a conjugate-gradient solve to ``1e-12`` above it.
+        reference_damping: the reference solves ``(H + damping I) x = v``; use it for a
+            singular or indefinite Hessian, and give the compared methods the same damping.
+        reference_curvature: ``H`` of the reference (e.g. a :class:`GaussNewton`, positive
+            semi-definite, so CG converges); default the exact Hessian by double backward.
+
+    Raises:
+        ValueError: when the reference's achieved relative residual
+            ``||v - (H + damping I) x|| / ||v||`` is above ``1e-8`` (``sqrt(eps)`` below
+            float64), typically CG stopped on an indefinite Hessian above the dense limit; the
+            message names the options above. The report's ``reference`` gives the residual.
         repeats: timings are the median of this many calls; the cost units ``G`` and ``H``
             are medians of ``max(repeats, 5)`` calls, measured once before the methods run.
     """
     _checks.int_at_least("verify repeats", repeats, 1)
     _tree.check_same_shapes(w, v, "verify: cotangent v against lower parameters w")
-    ref, label = reference_vjp(inner, w, lam, v, dtype=reference_dtype)
+    ref, label = reference_vjp(
+        inner,
+        w,
+        lam,
+        v,
+        dtype=reference_dtype,
+        dense_limit=reference_dense_limit,
+        damping=reference_damping,
+        curvature=reference_curvature,
+    )
     units = measure_units(inner, w, lam, v, repeats=max(repeats, 5))
     report = VerifyReport(reference=label, units=units)
     ctx = context or HopContext()

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def _sklearn_datasets(caller: str) -> Any:
+    """``sklearn.datasets``, or an ``ImportError`` that names the extra to install."""
+    try:
+        import sklearn.datasets
+    except ImportError as err:
+        raise ImportError(
+            f"ziggurat.datasets.{caller} needs scikit-learn, which is not installed ({err}); "
+            "pip install 'ziggurat[examples]' (or pip install scikit-learn)"
+        ) from err
+    return sklearn.datasets
 
 
 @dataclass(frozen=True)
@@ -25,11 +38,9 @@ def breast_cancer(
 
     The first ``n_train`` shuffled rows train, the rest validate. Features are standardised with
     the training rows' mean and standard deviation, so no validation statistic leaks into
-    training. Needs scikit-learn.
+    training. Needs scikit-learn (``pip install 'ziggurat[examples]'``); the data ship with it.
     """
-    from sklearn.datasets import load_breast_cancer
-
-    data = load_breast_cancer()
+    data = _sklearn_datasets("breast_cancer").load_breast_cancer()
     n = len(data.target)
     if isinstance(n_train, bool) or not isinstance(n_train, int) or not 2 <= n_train < n:
         raise ValueError(f"breast_cancer n_train must be an integer in [2, {n - 1}], got {n_train}")

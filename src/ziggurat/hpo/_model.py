@@ -11,8 +11,9 @@ differentiation of the pure training loss built with ``torch.func.functional_cal
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -79,7 +80,8 @@ class HyperModel:
         transform: ``transform((inputs, targets), hyper) -> (inputs, targets)`` applied to
             training batches only (e.g. an augmentation whose strength is a hyperparameter).
             It must be differentiable in ``hyper``; a random transform makes the
-            hypergradient stochastic.
+            hypergradient stochastic, with the same draws in every loss evaluation of one
+            :meth:`hypergradient` call (see there).
         val_loss: ``val_loss(outputs, targets) -> scalar``; defaults to ``loss``.
 
     At least one of ``regularizer`` and ``transform`` must be given, or the hyperparameters
@@ -141,6 +143,13 @@ class HyperModel:
 
         ``F`` (the validation loss) does not read the hyperparameters, so the hypergradient is
         the best-response product ``v^T dw*/dhyper`` with ``v = dF/dw``.
+
+        A random ``transform`` sees the same random draws in every evaluation of the training
+        loss within this call: a seed is drawn once from the global generator and each
+        evaluation runs under :func:`torch.random.fork_rng` seeded with it. Without that, the
+        two sides of a finite-difference mixed product (DARTS, SAMA) would difference two
+        different augmentations, an error far larger than the product itself. Successive
+        calls draw fresh seeds, and a fixed global seed makes them reproducible.
         """
         train, val = _check_batch("train", train), _check_batch("val", val)
         method = cg(50, 1e-10) if method is None else method
@@ -149,7 +158,13 @@ class HyperModel:
         v = _tree.fill_none(
             torch.autograd.grad(self.val_loss(w_, val), list(w_.values()), allow_unused=True), w_
         )
-        result = method(lambda p, h: self.train_loss(p, h, train), w, lam, _tree.detach(v))
+        seed = _draw_seed() if self.transform is not None else None
+
+        def inner(p: Params, h: Params) -> Tensor:
+            with _same_draws(seed):
+                return self.train_loss(p, h, train)
+
+        result = method(inner, w, lam, _tree.detach(v))
         return result.vjp, result.info
 
     # ---------------------------------------------------------------- training
@@ -184,7 +199,7 @@ class HyperModel:
         inner_optimizer: OptimizerFactory = _default_inner_optimizer,
         hyper_lr: float = 0.05,
         hyper_optimizer: OptimizerFactory | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> History:
         """Alternate ``inner_steps`` optimizer steps on the module with one hyper step.
 
@@ -198,7 +213,11 @@ class HyperModel:
             inner_optimizer: ``params -> torch.optim.Optimizer``; default Adam, lr 1e-2.
             hyper_lr: learning rate of the default hyper optimizer (Adam).
             hyper_optimizer: ``hyper tensors -> torch.optim.Optimizer`` replacing the default.
-            progress: show a tqdm progress bar (when tqdm is installed).
+            progress: ``True`` shows a tqdm progress bar and raises ``ImportError`` when tqdm
+                is missing (``pip install 'ziggurat[progress]'``); ``None`` (the default) shows
+                the bar when tqdm is installed and otherwise prints one line
+                ``hpo step i/n: val_loss x`` to stderr every ``max(1, outer_steps // 10)``
+                steps; ``False`` reports nothing.
 
         Returns:
             The :class:`History`; the module and :attr:`hyper` hold the final values.
@@ -216,7 +235,8 @@ class HyperModel:
             else hyper_optimizer(hypers)
         )
         history = History()
-        for _ in _steps(outer_steps, progress, history):
+        steps = _steps(outer_steps, progress, history)  # a missing tqdm fails before training
+        for _ in steps:
             self.train_inner(inner_opt, train, inner_steps)
             self._record(history, train, val)
             grad, info = self.hypergradient(train, val, method=method)
@@ -233,19 +253,68 @@ class HyperModel:
         return history
 
 
-def _steps(n: int, progress: bool, history: History) -> Iterator[int]:
-    """``range(n)`` behind a tqdm bar showing the last validation loss, if asked and available."""
-    bar: Any = nullcontext()
-    if progress:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            progress = False
-        else:
-            bar = tqdm(total=n, desc="hpo", unit="step")
-    with bar:
+def _draw_seed() -> int:
+    """A seed from the global generator: fresh on each call, reproducible under a fixed seed."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+@contextmanager
+def _same_draws(seed: int | None) -> Iterator[None]:
+    """Run the block with the CPU and every initialised CUDA generator seeded with ``seed``,
+    restoring their states after, so that each run of the block makes the same random draws
+    and the global streams are left as they were. ``None`` runs the block as it is."""
+    if seed is None:
+        yield
+        return
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def _steps(n: int, progress: bool | None, history: History) -> Iterator[int]:
+    """``range(n)``, reporting the last validation loss after each step as ``progress`` asks.
+
+    ``True``: a tqdm bar, and an ``ImportError`` naming the extra when tqdm is missing. ``None``:
+    the bar when tqdm is installed, else one line on stderr every ``max(1, n // 10)`` steps.
+    ``False``: nothing. Resolved before the first step, so a missing tqdm fails before training.
+    """
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"fit progress must be True, False or None, got {progress!r}")
+    if progress is False:
+        return iter(range(n))
+    bar = _tqdm(required=progress is True)
+    if bar is None:
+        return _printed_steps(n, history)
+    return _bar_steps(bar, n, history)
+
+
+def _tqdm(*, required: bool) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        if required:
+            raise ImportError(
+                "HyperModel.fit(progress=True) needs tqdm: pip install 'ziggurat[progress]' "
+                "(or pass progress=None for a plain line every few steps, False for none)"
+            ) from None
+        return None
+    return tqdm
+
+
+def _bar_steps(tqdm: Any, n: int, history: History) -> Iterator[int]:
+    with tqdm(total=n, desc="hpo", unit="step") as bar:
         for i in range(n):
             yield i
-            if progress:
-                bar.set_postfix(val_loss=f"{history.val_loss[-1]:.4g}")
-                bar.update(1)
+            bar.set_postfix(val_loss=f"{history.val_loss[-1]:.4g}")
+            bar.update(1)
+
+
+def _printed_steps(n: int, history: History) -> Iterator[int]:
+    every = max(1, n // 10)
+    for i in range(n):
+        yield i
+        if (i + 1) % every == 0 or i + 1 == n:
+            print(f"hpo step {i + 1}/{n}: val_loss {history.val_loss[-1]:.4g}", file=sys.stderr)

@@ -66,12 +66,23 @@ NO_CONTEXT = HopContext()
 
 
 def check_inputs(w: Params, lam: Params, v: Params) -> None:
-    """Validate one hop's inputs: ``v`` must match ``w`` key for key and shape for shape."""
+    """Validate one hop's inputs: ``v`` must match ``w`` key for key, in shape and in dtype.
+
+    A dtype mismatch would otherwise run silently in mixed precision (CG) or fail deep inside a
+    solver with an unrelated message (the dense solve), so it is refused here.
+    """
     if not w:
         raise ValueError("best-response vjp: the lower parameters w are empty")
     if not lam:
         raise ValueError("best-response vjp: the upper parameters lam are empty")
     _tree.check_same_shapes(w, v, "best-response vjp: cotangent v against lower parameters w")
+    for name, t in w.items():
+        if v[name].dtype != t.dtype:
+            raise ValueError(
+                f"best-response vjp: cotangent v[{name!r}] has dtype {v[name].dtype} but the "
+                f"lower parameter w[{name!r}] has dtype {t.dtype}; cast v to w's dtype "
+                "(e.g. {k: t.to(w[k].dtype) for k, t in v.items()})"
+            )
 
 
 def best_response_vjp(

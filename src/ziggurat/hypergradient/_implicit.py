@@ -71,6 +71,20 @@ class MixedFiniteDifference:
         return mixed_vjp_fd(lin.inner, lin.w, lin.lam, u, self.radius)
 
 
+def check_strategies(owner: str, solver: object, curvature: object) -> None:
+    """Refuse, at construction, a solver or curvature that would only fail when called."""
+    if not callable(solver):
+        raise ValueError(
+            f"{owner} solver must be a linear solver, a callable solver(matvec, b, x0) such as "
+            f"ziggurat.linalg.conjugate_gradient(), got {solver!r}"
+        )
+    if not callable(getattr(curvature, "matvec", None)):
+        raise ValueError(
+            f"{owner} curvature must have a matvec(linearization) method, such as "
+            f"DoubleBackward(), ForwardOverReverse() or GaussNewton(...), got {curvature!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Implicit:
     """``v^T dw*/dlam = -(d^2 f/dlam dw) solver(H, v)``.
@@ -86,6 +100,16 @@ class Implicit:
     mixed: MixedRule = MixedAutograd()
     curvature: Curvature = DoubleBackward()
     label: str = "implicit"
+
+    def __post_init__(self) -> None:
+        check_strategies("implicit", self.solver, self.curvature)
+        if not callable(self.mixed):
+            raise ValueError(
+                "implicit mixed must be a mixed-product rule, a callable mixed(lin, u) such as "
+                f"MixedAutograd() or MixedFiniteDifference(), got {self.mixed!r}"
+            )
+        if not isinstance(self.label, str):
+            raise ValueError(f"implicit label must be a string, got {self.label!r}")
 
     @property
     def name(self) -> str:

@@ -28,7 +28,8 @@ from .._products import Linearization, scalar_loss
 from .._types import InnerLoss, Params
 from ..linalg import LinearSolver
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
-from ._implicit import Curvature, DoubleBackward
+from ._gauss_newton import GaussNewton
+from ._implicit import Curvature, DoubleBackward, check_strategies
 
 BatchLoss = Callable[[Params, Params, Any], Tensor]
 """``f(w, lam, batch) -> scalar``: the inner loss on one mini-batch, scaled like the full loss
@@ -56,8 +57,9 @@ class Stochastic:
     ``num_batches``) fresh ones for the mixed product. The ``inner`` argument of the method
     signature, the full-batch loss, is not evaluated: every product comes from ``loss`` on
     sampled batches. ``curvature`` must act on the linearisation it is given
-    (:class:`DoubleBackward` or :class:`ForwardOverReverse`); a :class:`GaussNewton` built on
-    full-batch outputs would ignore the batches.
+    (:class:`DoubleBackward` or :class:`ForwardOverReverse`). A :class:`GaussNewton` is refused
+    at construction: it evaluates its own full-batch ``outputs`` closure, so it would ignore the
+    sampled batches and silently give a full-batch ``H`` next to a stochastic mixed product.
 
     The estimate is biased for finite samples (``E[H_S^{-1}] != H^{-1}``), but its error falls
     as the sample grows: roughly like ``1/sqrt(num_batches)`` for the variance part and
@@ -80,6 +82,15 @@ class Stochastic:
     curvature: Curvature = DoubleBackward()
 
     def __post_init__(self) -> None:
+        check_strategies("stochastic", self.solver, self.curvature)
+        if isinstance(self.curvature, GaussNewton):
+            raise ValueError(
+                "stochastic does not support curvature=GaussNewton(...): Gauss-Newton evaluates "
+                "its own full-batch outputs closure, not the sampled mini-batches, so the solve "
+                "would ignore num_batches. Use curvature=DoubleBackward() (the default) or "
+                "ForwardOverReverse() with stochastic, or cg(curvature=GaussNewton(...)) for a "
+                "full-batch Gauss-Newton hypergradient"
+            )
         if not callable(self.loss):
             raise ValueError(f"stochastic loss must be callable, got {self.loss!r}")
         if not callable(self.sample):

@@ -11,6 +11,7 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import SolveResult
+from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class ConjugateGradient:
     is exact after ``n`` iterations on an ``n``-dimensional system. The residual is tracked by
     the usual recurrence, so it costs nothing extra. It also stops, without dividing by zero,
     when the residual is exactly zero or a direction of non-positive curvature appears (the
-    operator is then not positive definite; ``residual`` tells how far it got).
+    operator is then not positive definite; ``residual`` tells how far it got). A right-hand
+    side with a NaN or an infinity is a ``ValueError``.
 
     With ``warm_start=True`` the solver starts from ``x0`` when one is given (callers pass the
     previous solution), which costs one extra product for the initial residual; with
@@ -40,11 +42,9 @@ class ConjugateGradient:
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
-        b_norm = float(_tree.norm(b))
-        if b_norm == 0.0 or not math.isfinite(b_norm):
-            return SolveResult(
-                x=_tree.zeros_like(b), iterations=0, residual=0.0 if b_norm == 0 else b_norm
-            )
+        b_norm = finite_rhs_norm(b, "cg")
+        if b_norm == 0.0:
+            return SolveResult(x=_tree.zeros_like(b), iterations=0, residual=0.0)
         used = 0
         if x0 is None or not self.warm_start:
             x, r = _tree.zeros_like(b), b

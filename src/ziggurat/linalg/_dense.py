@@ -10,6 +10,7 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import SolveResult
+from ._rhs import finite_rhs_norm
 
 
 def materialize(matvec: MatVec, like: Params) -> torch.Tensor:
@@ -26,7 +27,9 @@ class Dense:
     """Exact ``(H + damping I)^{-1} b`` by ``torch.linalg.solve`` on the materialised matrix.
 
     Costs ``n`` products and ``O(n^3)`` time: meant for tests, references and small problems.
-    The residual is measured on the materialised matrix.
+    The residual is measured on the materialised matrix. A singular matrix and a right-hand
+    side with a NaN or an infinity are ``ValueError``s; any other error of the solve (a dtype
+    or device mismatch) propagates as it is.
     """
 
     damping: float = 0.0
@@ -43,15 +46,17 @@ class Dense:
                 f"dense solve: {n} unknowns exceed max_size={self.max_size}; "
                 "use conjugate_gradient for large problems or raise max_size"
             )
+        b_norm = finite_rhs_norm(b, "dense solve")
         h = materialize(damped(matvec, self.damping), b)
         rhs = _tree.flatten(b)
         try:
             sol = torch.linalg.solve(h, rhs)
-        except RuntimeError as err:  # torch raises LinAlgError, a RuntimeError subclass
+        except torch.linalg.LinAlgError as err:  # only a singular matrix; other errors propagate
             raise ValueError(
-                f"dense solve: the Hessian is singular ({err}); add damping > 0"
+                f"dense solve: the Hessian is singular ({err}); add damping > 0 "
+                "(dense(damping=...), exact(damping=...)), or remove parameters the loss "
+                "does not depend on"
             ) from err
-        b_norm = float(rhs.norm())
         res = float((rhs - h @ sol).norm()) / b_norm if b_norm > 0 else 0.0
         return SolveResult(x=_tree.unflatten(sol, b), iterations=n, residual=res)
 

@@ -32,6 +32,7 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import SolveResult
+from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,9 @@ class FixedPoint:
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
-        b_norm = float(_tree.norm(b))
-        if b_norm == 0.0 or not math.isfinite(b_norm):
-            return SolveResult(
-                x=_tree.zeros_like(b), iterations=0, residual=0.0 if b_norm == 0 else b_norm
-            )
+        b_norm = finite_rhs_norm(b, "fixed_point")
+        if b_norm == 0.0:
+            return SolveResult(x=_tree.zeros_like(b), iterations=0, residual=0.0)
         stop = 0.0 if self.tol is None else self.tol * b_norm
         used = 0
         if x0 is None:

@@ -14,7 +14,9 @@ from ._result import SolveResult
 class Identity:
     """Approximates ``H^{-1}`` by ``scale * I``; spends no operator application.
 
-    The residual is not measured (it would cost a Hessian-vector product) and is ``nan``.
+    The residual is not measured (it would cost a Hessian-vector product) and is ``nan``. It
+    does not inspect ``b`` (no pass over it); DARTS's finite-difference mixed product refuses a
+    non-finite ``b``, and a double-backward mixed product propagates its NaN.
     """
 
     scale: float = 1.0
@@ -23,7 +25,8 @@ class Identity:
         _checks.positive("identity scale", self.scale)
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
-        # scale 1 (DARTS) returns b's leaves as they are: no pass over the tree
+        # scale 1 (DARTS) returns b's leaves as they are: no pass over the tree (a non-finite
+        # b is refused by the finite-difference mixed product, which takes its norm anyway)
         x = dict(b) if self.scale == 1.0 else _tree.scale(b, self.scale)
         return SolveResult(x=x, iterations=0, residual=math.nan)
 

@@ -8,6 +8,7 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import SolveResult
+from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Neumann:
     applications. The reported residual is ``||(I - alpha H)^K b|| / ||b||``, which is the exact
     residual of the series truncated one term earlier (measuring the returned iterate's own
     residual would cost one more product); it bounds the true one from above whenever
-    ``||I - alpha H|| <= 1``.
+    ``||I - alpha H|| <= 1``. A right-hand side with a NaN or an infinity is a ``ValueError``.
     """
 
     iterations: int = 1
@@ -34,6 +35,7 @@ class Neumann:
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
+        b_norm = finite_rhs_norm(b, "neumann")
         term = total = b
         # the first update allocates the iterates (b is the caller's); the rest run in place
         for i in range(self.iterations):
@@ -43,7 +45,6 @@ class Neumann:
             else:
                 term = _tree.axpy_(-self.alpha, op(term), term)
                 total = _tree.add_(total, term)
-        b_norm = float(_tree.norm(b))
         res = float(_tree.norm(term)) / b_norm if b_norm > 0 else 0.0
         x = _tree.scale_(total, self.alpha) if self.iterations else _tree.scale(b, self.alpha)
         return SolveResult(x=x, iterations=self.iterations, residual=res)
