@@ -236,3 +236,33 @@ def test_a_context_modified_in_place_before_differentiation_is_reported() -> Non
     type(upper).training_step = meddling
     with pytest.raises(RuntimeError, match="modified in place between the inner loop"):
         engine.run()
+
+
+def test_finished_segments_are_freed_without_the_cyclic_collector(monkeypatch) -> None:
+    """Three inner loops of 16 steps in 4 segments, the cyclic garbage collector off: once an
+    upper step has differentiated through a loop, its segments' states are freed by reference
+    counting (a plan that kept its outputs formed a cycle through their autograd node, and
+    the states of every loop piled up until a collection)."""
+    from ziggurat.problems import _segments
+
+    ends: list[weakref.ref] = []
+    close = _segments.close
+
+    def recording(plan, start_w, start_state):
+        w, state = close(plan, start_w, start_state)
+        ends.extend(weakref.ref(t) for t in w.values())
+        return w, state
+
+    monkeypatch.setattr(_segments, "close", recording)
+    engine = _mlp_program(4, 16)
+    engine.config.train_iters = 3 * 16
+    gc.collect()
+    gc.disable()
+    try:
+        engine.run()
+        alive = sum(r() is not None for r in ends)
+    finally:
+        gc.enable()
+    per_segment = len(list(engine.lower.module.parameters()))
+    assert len(ends) == 3 * 4 * per_segment
+    assert alive <= 4 * per_segment  # at most the last loop's segments

@@ -103,7 +103,12 @@ class Replay(torch.autograd.Function):
     def forward(ctx: Any, plan: Plan, *inputs: Tensor) -> tuple[Tensor, ...]:
         ctx.plan = plan
         ctx.save_for_backward(*inputs)
-        return tuple(plan.outputs)
+        outputs = tuple(plan.outputs)
+        # the outputs get this node as their grad_fn: a plan still holding them would make a
+        # reference cycle (outputs -> node -> ctx -> plan -> outputs) that only the cyclic
+        # collector frees, so every upper step's segment states would pile up until it runs
+        plan.outputs = []
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
