@@ -180,6 +180,26 @@ def test_demo_reweight_prints_its_table() -> None:
     assert "using sklearn digits" in proc.stdout  # the fall-back is announced
 
 
+def test_installed_console_script_runs_the_default_demo() -> None:
+    """``ziggurat demo`` with no NAME, through the console script that ``pip install`` puts
+    next to this interpreter (skipped when the package is not installed there)."""
+    script = Path(sys.executable).with_name("ziggurat")
+    if not script.is_file():
+        pytest.skip("the ziggurat console script is not installed beside this interpreter")
+    env = {**os.environ, "ZIGGURAT_FASHION_MNIST": ""}
+    proc = subprocess.run(
+        [str(script), "demo", "--steps", "20", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "reweight: Meta-Weight-Net (cg)" in proc.stdout  # the default example and method
+    assert "clean test accuracy" in proc.stdout
+
+
 def test_demo_fewshot_takes_shots() -> None:
     proc = _cli("demo", "fewshot", "--shots", "1", "--steps", "5", "--quiet")
     assert proc.returncode == 0, proc.stderr
