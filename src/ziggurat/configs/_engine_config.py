@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
-from ._fields import assign
+from ._fields import assign, check_flags
 
 STRATEGIES = ("default", "cpu", "gpu", "ddp", "zero", "fsdp")
 STRATEGY_ALIASES = {"distributed": "ddp"}
@@ -72,8 +72,7 @@ class EngineConfig:
                 "AttributeError before training): launch with torchrun and use strategy='ddp', "
                 "'zero' or 'fsdp'; mixed precision is Config(precision='bf16' or 'fp16')"
             )
-        for flag in ("roll_back", "early_stopping", "resume"):
-            _checks.boolean(f"EngineConfig {flag}", getattr(self, flag))
+        check_flags(self)
         _checks.text("EngineConfig log_dir", self.log_dir)
         _checks.text("EngineConfig early_stopping_metric", self.early_stopping_metric)
         for key in ("run_name", "plateau_metric", "checkpoint_dir"):

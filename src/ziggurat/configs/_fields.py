@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .. import _checks
+
 
 def assign(obj: Any, kwargs: dict[str, Any]) -> None:
     """Set every dataclass field of ``obj`` from ``kwargs`` or its default.
@@ -19,3 +21,11 @@ def assign(obj: Any, kwargs: dict[str, Any]) -> None:
         )
     for f in dataclasses.fields(obj):
         setattr(obj, f.name, kwargs.get(f.name, f.default))
+
+
+def check_flags(obj: Any) -> None:
+    """Every field of ``obj`` annotated ``bool`` must hold ``True`` or ``False``: a string such
+    as ``"false"`` is truthy and would turn the feature on."""
+    for f in dataclasses.fields(obj):
+        if f.type in ("bool", bool):
+            _checks.boolean(f"{type(obj).__name__} {f.name}", getattr(obj, f.name))

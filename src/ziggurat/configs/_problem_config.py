@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import _checks
 from ..hypergradient import Method, cg, darts, exact, first_order, neumann, sama
-from ._fields import assign
+from ._fields import assign, check_flags
 
 METHOD_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -19,15 +19,6 @@ _LEGACY: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "fp16": ("precision", lambda v: "fp16" if v else "fp32"),
     "steps": ("unroll_steps", lambda v: v),  # checked as unroll_steps
 }
-_BOOLS = (
-    "first_order",
-    "retain_graph",
-    "allow_unused",
-    "log_local_step",
-    "darts_multitask",
-    "sama_multitask",
-    "cg_warm_start",
-)
 
 
 @dataclass
@@ -100,8 +91,7 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        for flag in _BOOLS:
-            _checks.boolean(f"Config {flag}", getattr(self, flag))
+        check_flags(self)
         _check_betty_only(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
