@@ -16,8 +16,7 @@ from ..problems import Problem
 def check_overrides(problems: Sequence[Problem]) -> None:
     """Before any ``configure_*`` hook runs: Betty overrides that would be ignored."""
     for p in problems:
-        _check_meta_parameters(p)
-        _check_trainable_parameters(p)
+        _check_ignored_overrides(p)
 
 
 def check_problems(problems: Sequence[Problem]) -> None:
@@ -26,26 +25,30 @@ def check_problems(problems: Sequence[Problem]) -> None:
         _check_param_groups(p)
 
 
-def _check_trainable_parameters(problem: Problem) -> None:
-    if type(problem).trainable_parameters is not Problem.trainable_parameters:
-        raise TypeError(
-            f"problem {problem.name!r} overrides trainable_parameters(), which ziggurat does "
-            "not honour: a level's parameters are always its module's parameters with "
-            "requires_grad=True (named_trainable_parameters()), and its optimizer is used as "
-            "given (Betty rebuilt it over the override's tensors). Remove the override; to "
-            "leave tensors out of training and hypergradients, call requires_grad_(False) on "
-            "them and build the optimizer over the rest"
-        )
+_IGNORED_OVERRIDES = {
+    "meta_trainable_parameters": (
+        "every hypergradient method differentiates through all of a level's trainable "
+        "parameters. Remove the override; to leave tensors out of training and hypergradients "
+        "alike, set their requires_grad to False"
+    ),
+    "trainable_parameters": (
+        "a level's parameters are always its module's parameters with requires_grad=True "
+        "(named_trainable_parameters()), and its optimizer is used as given (Betty rebuilt it "
+        "over the override's tensors). Remove the override; to leave tensors out of training "
+        "and hypergradients, call requires_grad_(False) on them and build the optimizer over "
+        "the rest"
+    ),
+}
+"""Betty hooks that ziggurat does not call, and why; overriding one is a ``TypeError``."""
 
 
-def _check_meta_parameters(problem: Problem) -> None:
-    if type(problem).meta_trainable_parameters is not Problem.meta_trainable_parameters:
-        raise TypeError(
-            f"problem {problem.name!r} overrides meta_trainable_parameters(), which ziggurat "
-            "does not honour: every hypergradient method differentiates through all of a "
-            "level's trainable parameters. Remove the override; to leave tensors out of "
-            "training and hypergradients alike, set their requires_grad to False"
-        )
+def _check_ignored_overrides(problem: Problem) -> None:
+    for hook, why in _IGNORED_OVERRIDES.items():
+        if getattr(type(problem), hook) is not getattr(Problem, hook):
+            raise TypeError(
+                f"problem {problem.name!r} overrides {hook}(), which ziggurat does not "
+                f"honour: {why}"
+            )
 
 
 def _same(a: Any, b: Any) -> bool:
