@@ -247,3 +247,32 @@ def test_resume_removes_temp_files_of_an_interrupted_save(tmp_path, caplog):
     for f in stale:
         assert f"removed {f}, left by an interrupted checkpoint save" in caplog.text
     assert sorted(os.listdir(ckpt)) == [".hidden", "notes.tmp", "step-000000003.pt"]
+
+
+def test_an_unrolled_level_resumes_bit_exactly(tmp_path) -> None:
+    """An ``IterativeProblem`` (3 unrolled SGD-momentum steps per upper step, clipped): 12
+    iterations in one go equal 6, a checkpoint at the inner loop's boundary, and 6 more in a new
+    engine -- its parameters, momentum buffers and step count, and the upper level's state."""
+    from _distributed_programs import build as build_program
+    from _distributed_programs import tensors as program_tensors
+
+    whole = build_program("unrolled", 0, 1, "default", 12)
+    whole.run()
+    half = build_program("unrolled", 0, 1, "default", 6)
+    half.run()
+    path = str(tmp_path / "unrolled.pt")
+    half.save(path)
+    resumed = build_program("unrolled", 0, 1, "default", 12)
+    resumed.load(path)
+    assert resumed.lower.unrolled_state()["opt_step"] == 6
+    resumed.run()
+    expected, got = program_tensors(whole), program_tensors(resumed)
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    a, b = whole.lower.unrolled_state(), resumed.lower.unrolled_state()
+    assert a["opt_step"] == b["opt_step"] == 12
+    for k, t in a["params"].items():
+        assert torch.equal(t, b["params"][k]), k
+    for name, tree in a["opt_buffers"].items():
+        assert tree and all(torch.equal(t, b["opt_buffers"][name][k]) for k, t in tree.items())

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from .. import _tree
-from ..optim import OptState
 from ..problems import IterativeProblem, Problem
 from ..problems._data import to_device
 from . import _sharding
@@ -108,13 +107,9 @@ def _grads(problem: Problem) -> dict[str, torch.Tensor]:
 
 
 def _iterative_state(problem: IterativeProblem) -> dict[str, Any]:
-    opt = problem._opt_state
-    assert opt is not None
     pending = problem._pending
     return {
-        "params": _tree.detach(problem.params),
-        "opt_step": opt.step,
-        "opt_buffers": {n: _tree.detach(t) for n, t in opt.buffers.items()},
+        **problem.unrolled_state(),
         "pending": None if pending is None else _tree.detach(pending),
     }
 
@@ -220,10 +215,8 @@ def _load_problem(problem: Problem, state: dict[str, Any]) -> None:
         p.grad = state["grads"][k].clone() if k in state["grads"] else None
     if isinstance(problem, IterativeProblem):
         it = state["iterative"]
-        problem._params = _tree.leaves(it["params"])
-        problem._opt_state = OptState(int(it["opt_step"]), it["opt_buffers"])
+        problem.load_unrolled_state(it)
         problem._pending = it["pending"]
-        problem._sync_module()
 
 
 def _sharded_entries(problem: Problem, state: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .._types import InnerLoss, Params
 from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, _checkpoint
 from ..optim import FunctionalOptimizer, OptState, from_torch
 from . import _segments
+from ._data import to_device
 from ._problem import Problem
 
 if TYPE_CHECKING:
@@ -301,16 +302,47 @@ class IterativeProblem(Problem):
         self._opt_state = cache["opt_state"]
         self._sync_module()
 
+    def unrolled_state(self) -> dict[str, Any]:
+        """What lives outside the module and torch optimizer, detached: the current ``params``
+        and the differentiable optimizer's state (``step`` and buffers, e.g. Adam's moments).
+        Part of :meth:`state_dict` and of the engine's checkpoints."""
+        assert self._opt_state is not None
+        return {
+            "params": _tree.detach(self._params),
+            "opt_step": self._opt_state.step,
+            "opt_buffers": {b: _tree.detach(t) for b, t in self._opt_state.buffers.items()},
+        }
+
+    def load_unrolled_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`unrolled_state`'s output (tensors already on this problem's device);
+        the parameters then start a new inner loop's graph."""
+        self._check_unrolled_keys(state)
+        # in this problem's order, which the tree operations expect
+        self._params = _tree.leaves({k: state["params"][k] for k in self._params})
+        buffers = {b: {k: t[k] for k in self._params} for b, t in state["opt_buffers"].items()}
+        self._opt_state = OptState(int(state["opt_step"]), buffers)
+        self._sync_module()
+
+    def _check_unrolled_keys(self, state: dict[str, Any]) -> None:
+        if sorted(state["params"]) != sorted(self._params):
+            raise ValueError(
+                f"problem {self.name!r}: the state's parameters {sorted(state['params'])} are "
+                f"not this problem's {sorted(self._params)}"
+            )
+
     def state_dict(self) -> dict[str, Any]:
         """``Problem.state_dict`` plus what lives outside the module and torch optimizer: the
         current ``params`` and the differentiable optimizer's state (``step`` and buffers,
-        e.g. Adam's moments), detached."""
-        assert self._opt_state is not None
+        e.g. Adam's moments), as copies (see :meth:`unrolled_state`)."""
+        unrolled = self.unrolled_state()
         out = super().state_dict()
-        out["params"] = {k: t.detach().clone() for k, t in self._params.items()}
+        out["params"] = {k: t.clone() for k, t in unrolled["params"].items()}
         out["opt_state"] = {
-            "step": self._opt_state.step,
-            "buffers": {b: _tree.detach(tree) for b, tree in self._opt_state.buffers.items()},
+            "step": unrolled["opt_step"],
+            "buffers": {
+                b: {k: t.clone() for k, t in tree.items()}
+                for b, tree in unrolled["opt_buffers"].items()
+            },
         }
         return out
 
@@ -323,22 +355,15 @@ class IterativeProblem(Problem):
                 "IterativeProblem needs (its parameters and optimizer state live outside the "
                 "module); pass the dict that IterativeProblem.state_dict() returned"
             )
-        if sorted(state["params"]) != sorted(self._params):
-            raise ValueError(
-                f"problem {self.name!r}: the state's parameters {sorted(state['params'])} are "
-                f"not this problem's {sorted(self._params)}"
-            )
-        super().load_state_dict(state)
-        device = self.device or torch.device("cpu")
-        # in this problem's order, which the tree operations expect
-        self._params = _tree.leaves({k: state["params"][k].to(device) for k in self._params})
-        opt = state["opt_state"]
-        buffers = {
-            b: {k: tree[k].to(device) for k in self._params} for b, tree in opt["buffers"].items()
+        unrolled = {
+            "params": state["params"],
+            "opt_step": state["opt_state"]["step"],
+            "opt_buffers": state["opt_state"]["buffers"],
         }
-        self._opt_state = OptState(int(opt["step"]), buffers)
+        self._check_unrolled_keys(unrolled)
+        super().load_state_dict(state)
+        self.load_unrolled_state(to_device(unrolled, self.device or torch.device("cpu")))
         self._pending = None
-        self._sync_module()
 
     def zero_grad(self) -> None:
         """Discard the gradients of the open accumulation window."""
