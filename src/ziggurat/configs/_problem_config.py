@@ -8,10 +8,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
-from ..hypergradient import Method, cg, darts, exact, first_order, neumann, sama
+from ..hypergradient import CONFIG_TYPES, Method, from_name
 from ._fields import assign, check_flags
 
-METHOD_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
+METHOD_TYPES = CONFIG_TYPES
+"""The names ``Config(type=...)`` accepts (defined once, with the presets)."""
+
+METHOD_OPTIONS: dict[str, dict[str, str]] = {
+    "darts": {"radius": "darts_alpha"},
+    "sama": {"radius": "sama_adam_alpha"},
+    "neumann": {"iterations": "neumann_iterations", "alpha": "neumann_alpha"},
+    "cg": {"maxiter": "cg_iterations", "tol": "cg_tol", "warm_start": "cg_warm_start"},
+    "exact": {},
+    "first_order": {},
+}
+"""For each ``type``, the preset's keyword options and the ``Config`` fields that set them."""
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # keywords from older releases and tutorials, mapped to the current fields
@@ -77,7 +89,7 @@ class Config:
     cg_alpha: float = 1.0
     cg_tol: float = 1e-10
     cg_warm_start: bool = False
-    hypergradient: Any = None
+    hypergradient: Method | None = None
     hypergradient_batches: int = 1
     checkpoint_segments: int | str | None = None
 
@@ -95,10 +107,11 @@ class Config:
         _check_betty_only(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
-        elif not callable(self.hypergradient):
+        elif not isinstance(self.hypergradient, Method):
             raise ValueError(
                 "Config hypergradient must be a method object such as "
-                f"ziggurat.hypergradient.cg(), got {self.hypergradient!r}"
+                "ziggurat.hypergradient.cg() (your own methods subclass "
+                f"ziggurat.hypergradient.Method), got {self.hypergradient!r}"
             )
         _checks.int_at_least("Config unroll_steps", self.unroll_steps, 1)
         _checks.int_at_least("Config hypergradient_batches", self.hypergradient_batches, 1)
@@ -127,17 +140,9 @@ class Config:
     def method(self) -> Method:
         """The hypergradient method this problem uses as the lower level of a hop."""
         if self.hypergradient is not None:
-            method: Method = self.hypergradient
-            return method
-        builders: dict[str, Callable[[], Method]] = {
-            "darts": lambda: darts(radius=self.darts_alpha),
-            "sama": lambda: sama(self.sama_adam_alpha),
-            "neumann": lambda: neumann(self.neumann_iterations, self.neumann_alpha),
-            "cg": lambda: cg(self.cg_iterations, self.cg_tol, warm_start=self.cg_warm_start),
-            "exact": exact,
-            "first_order": first_order,
-        }
-        return builders[self.type]()
+            return self.hypergradient
+        options = {key: getattr(self, field) for key, field in METHOD_OPTIONS[self.type].items()}
+        return from_name(self.type, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (the method object as its repr), for logs and checkpoints."""

@@ -19,6 +19,7 @@ from ._optimizer_map import LinearisedMap as LinearisedMap
 from ._optimizer_map import linearised_map as linearised_map
 from ._path import Hop as Hop
 from ._path import fold as fold
+from ._presets import CONFIG_TYPES as CONFIG_TYPES
 from ._presets import PRESETS as PRESETS
 from ._presets import cg as cg
 from ._presets import darts as darts
@@ -44,7 +45,10 @@ from ._sampling import RandomBatches as RandomBatches
 from ._sampling import random_batches as random_batches
 from ._stochastic import Stochastic as Stochastic
 from ._stochastic import averaged as averaged
+from ._strategies import Curvature as Curvature
+from ._strategies import MixedRule as MixedRule
 from ._traits import first_order_only as first_order_only
 from ._traits import uses_finite_differences as uses_finite_differences
+from ._trajectory import Trajectory as Trajectory
 from ._unrolled import Unrolled as Unrolled
 from ._unrolled import unroll as unroll

@@ -13,12 +13,14 @@ differentiating the optimizer's trajectory instead.
 
 from __future__ import annotations
 
+import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from .. import _tree
 from .._types import InnerLoss, Params
+from ._strategies import Curvature
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,70 @@ class HopResult:
     info: HopInfo
 
 
-class Method(Protocol):
-    """A hypergradient method: ``method(inner, w, lam, v, context) -> HopResult``."""
+class Method(abc.ABC):
+    """A hypergradient method: ``method(inner, w, lam, v, context) -> HopResult``.
+
+    Every method subclasses this base, implements ``name`` and ``__call__``, and declares what
+    it needs from its caller by overriding the capability properties below. Their defaults
+    describe a second-order method that reads its cotangent and nothing else; the surface
+    reads them off the method and never inspects its type.
+    """
 
     @property
-    def name(self) -> str: ...
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The name reported in diagnostics and logs."""
 
+    @abc.abstractmethod
     def __call__(
         self, inner: InnerLoss, w: Params, lam: Params, v: Params, context: HopContext = ...
-    ) -> HopResult: ...
+    ) -> HopResult:
+        """``v^T dw*/dlam`` (shaped like ``lam``) with the hop's diagnostics."""
+
+    @property
+    def reads_cotangent(self) -> bool:
+        """Whether the answer depends on ``v``; when not, callers need not compute it."""
+        return True
+
+    @property
+    def warm_starts(self) -> bool:
+        """Whether the method starts from ``context.warm_start``; callers then keep the
+        solution of the last call (``HopInfo.solution``) and pass it back."""
+        return False
+
+    @property
+    def finite_differences(self) -> bool:
+        """Whether the method evaluates ``inner`` at perturbed points ``w +- h u``.
+
+        Such evaluations must run at full precision: a perturbation below the resolution of a
+        reduced-precision forward (bf16 keeps 8 bits) is rounded away.
+        """
+        return False
+
+    @property
+    def first_order_only(self) -> bool:
+        """Whether the method needs only gradients of ``inner`` (no second-order autograd), so
+        that it runs where double backward does not: on FSDP2-sharded parameters and through
+        operations without a double backward."""
+        return False
+
+    @property
+    def needs_preconditioner(self) -> bool:
+        """Whether the method reads ``context.preconditioner``, a diagonal built from the lower
+        level's optimizer state (SAMA)."""
+        return False
+
+    @property
+    def follows_trajectory(self) -> bool:
+        """Whether the method differentiates the graph that produced ``w`` (unrolled levels)
+        instead of a pure loss: on the first hop of a path the upper level's own backward pass
+        already goes through it, so no separate hop is taken there."""
+        return False
+
+    def with_curvature(self, wrap: Callable[[Curvature], Curvature]) -> Method:
+        """This method with its curvature ``c`` replaced by ``wrap(c)`` (e.g. products averaged
+        over data-parallel ranks); a method without curvature products returns itself."""
+        return self
 
 
 NO_CONTEXT = HopContext()

@@ -14,10 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from ._base import Method
-from ._presets import PRESETS
-
-CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
-"""The method names ``Config(type=...)`` accepts."""
+from ._presets import CONFIG_TYPES, PRESETS
 
 CUSTOM_METHODS = (
     "ziggurat methods are values, not entries of a table: write a callable "

@@ -18,21 +18,20 @@ on the last hop, together with the direct gradient at the update (one all-reduce
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._products import Linearization
 from .._types import InnerLoss, MatVec, Params
 from ._base import NO_CONTEXT, HopContext, HopResult, Method
-from ._implicit import Curvature
+from ._strategies import Curvature
 
 Average = Callable[[Params], Params]
 """A collective mean of a tree over the ranks of a data-parallel group."""
 
 
 @dataclass(frozen=True)
-class AveragedCurvature:
+class AveragedCurvature(Curvature):
     """``u -> mean over ranks of H_r u``: the global-batch Hessian-vector product."""
 
     curvature: Curvature
@@ -42,9 +41,17 @@ class AveragedCurvature:
         local = self.curvature.matvec(lin)
         return lambda u: self.average(local(u))
 
+    @property
+    def second_order(self) -> bool:
+        return self.curvature.second_order
+
+    @property
+    def finite_differences(self) -> bool:
+        return self.curvature.finite_differences
+
 
 @dataclass(frozen=True)
-class DataParallel:
+class DataParallel(Method):
     """A method evaluated on a sharded batch that returns a global-batch-exact contribution.
 
     Attributes:
@@ -59,13 +66,30 @@ class DataParallel:
     def name(self) -> str:
         return self.method.name
 
-    @property
-    def uses_warm_start(self) -> bool:
-        return bool(getattr(self.method, "uses_warm_start", False))
-
+    # the wrapped method's capabilities, forwarded one by one
     @property
     def reads_cotangent(self) -> bool:
-        return bool(getattr(self.method, "reads_cotangent", True))
+        return self.method.reads_cotangent
+
+    @property
+    def warm_starts(self) -> bool:
+        return self.method.warm_starts
+
+    @property
+    def finite_differences(self) -> bool:
+        return self.method.finite_differences
+
+    @property
+    def first_order_only(self) -> bool:
+        return self.method.first_order_only
+
+    @property
+    def needs_preconditioner(self) -> bool:
+        return self.method.needs_preconditioner
+
+    @property
+    def follows_trajectory(self) -> bool:
+        return self.method.follows_trajectory
 
     def __call__(
         self,
@@ -81,11 +105,9 @@ class DataParallel:
 def data_parallel(method: Method, average: Average) -> DataParallel:
     """Wrap ``method`` so that its cotangent and its curvature products are averaged over ranks.
 
-    Methods with a ``curvature`` field (the implicit family and ``stochastic``) get an
-    :class:`AveragedCurvature`; others (DARTS's identity solver, SAMA, first-order) need only
-    the averaged cotangent.
+    Methods with curvature products (the implicit family and ``stochastic``) get an
+    :class:`AveragedCurvature` through :meth:`Method.with_curvature`; the others (SAMA,
+    first-order) return themselves there and need only the averaged cotangent.
     """
-    curvature = getattr(method, "curvature", None)
-    if dataclasses.is_dataclass(method) and curvature is not None:
-        method = dataclasses.replace(method, curvature=AveragedCurvature(curvature, average))
-    return DataParallel(method, average)
+    averaged = method.with_curvature(lambda c: AveragedCurvature(c, average))
+    return DataParallel(averaged, average)

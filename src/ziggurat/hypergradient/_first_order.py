@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from .. import _tree
 from .._types import InnerLoss, Params
-from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
 
 
 @dataclass(frozen=True)
-class FirstOrder:
+class FirstOrder(Method):
     """Treats ``dw*/dlam`` as zero: the upper level keeps only its direct gradient.
 
     Costs nothing, not even the cotangent: it reads no ``v`` (``reads_cotangent``), so the
@@ -26,6 +26,10 @@ class FirstOrder:
     def reads_cotangent(self) -> bool:
         """``False``: the answer does not depend on ``v``, so callers need not compute it."""
         return False
+
+    @property
+    def first_order_only(self) -> bool:
+        return True
 
     def __call__(
         self,

@@ -28,6 +28,7 @@ from torch import Tensor
 from .. import _tree
 from .._products import Linearization, scalar_loss
 from .._types import MatVec, Params
+from ._strategies import Curvature
 
 Outputs = Callable[[Params, Params], Tensor]
 """``g(w, lam) -> Tensor``: the model's outputs (e.g. logits) on the inner data."""
@@ -45,7 +46,7 @@ def _require_callable(name: str, value: object) -> None:
 
 
 @dataclass(frozen=True)
-class GaussNewton:
+class GaussNewton(Curvature):
     """Curvature ``u -> J^T (d^2 l/dg^2) J u + (d^2 r/dw^2) u`` at the linearisation point.
 
     Pass it as ``curvature=`` to :func:`cg`, :func:`neumann`, :func:`fixed_point` or
@@ -74,6 +75,10 @@ class GaussNewton:
         _require_callable("loss", self.loss)
         if self.regularizer is not None:
             _require_callable("regularizer", self.regularizer)
+
+    @property
+    def reads_inner(self) -> bool:
+        return False
 
     def matvec(self, lin: Linearization) -> MatVec:
         return _Graphs(self, _tree.detach(lin.w), _tree.detach(lin.lam)).product

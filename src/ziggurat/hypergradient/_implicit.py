@@ -7,30 +7,20 @@ Rajeswaran et al. 2019). The linear solver approximates ``H^{-1} v``; the mixed 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from .. import _checks, _tree
 from .._products import Linearization, hvp_forward, mixed_vjp_fd
 from .._types import InnerLoss, MatVec, Params
 from ..linalg import LinearSolver
-from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
-
-
-class Curvature(Protocol):
-    """Builds ``u -> H u`` (or a positive semi-definite stand-in for ``H``)."""
-
-    def matvec(self, lin: Linearization) -> MatVec: ...
-
-
-class MixedRule(Protocol):
-    """Computes ``(d^2 f/dlam dw) u``."""
-
-    def __call__(self, lin: Linearization, u: Params) -> Params: ...
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
+from ._strategies import Curvature, MixedRule
 
 
 @dataclass(frozen=True)
-class DoubleBackward:
+class DoubleBackward(Curvature):
     """Exact Hessian-vector products by double backward through a cached gradient graph."""
 
     def matvec(self, lin: Linearization) -> MatVec:
@@ -38,7 +28,7 @@ class DoubleBackward:
 
 
 @dataclass(frozen=True)
-class ForwardOverReverse:
+class ForwardOverReverse(Curvature):
     """Exact Hessian-vector products by ``torch.func.jvp`` of ``torch.func.grad``."""
 
     def matvec(self, lin: Linearization) -> MatVec:
@@ -46,7 +36,7 @@ class ForwardOverReverse:
 
 
 @dataclass(frozen=True)
-class MixedAutograd:
+class MixedAutograd(MixedRule):
     """Exact mixed product by double backward (shares the Hessian's gradient graph)."""
 
     def __call__(self, lin: Linearization, u: Params) -> Params:
@@ -54,7 +44,7 @@ class MixedAutograd:
 
 
 @dataclass(frozen=True)
-class MixedFiniteDifference:
+class MixedFiniteDifference(MixedRule):
     """Central finite-difference mixed product (two gradients, no second-order autograd).
 
     ``radius=None`` picks the step from the dtype and the vector norms; a number sets
@@ -67,26 +57,35 @@ class MixedFiniteDifference:
         if self.radius is not None:
             _checks.positive("finite-difference radius", self.radius)
 
+    @property
+    def second_order(self) -> bool:
+        return False
+
+    @property
+    def finite_differences(self) -> bool:
+        return True
+
     def __call__(self, lin: Linearization, u: Params) -> Params:
         return mixed_vjp_fd(lin.inner, lin.w, lin.lam, u, self.radius)
 
 
 def check_strategies(owner: str, solver: object, curvature: object) -> None:
     """Refuse, at construction, a solver or curvature that would only fail when called."""
-    if not callable(solver):
+    if not isinstance(solver, LinearSolver):
         raise ValueError(
-            f"{owner} solver must be a linear solver, a callable solver(matvec, b, x0) such as "
-            f"ziggurat.linalg.conjugate_gradient(), got {solver!r}"
+            f"{owner} solver must be a linear solver, a ziggurat.linalg.LinearSolver such as "
+            f"ziggurat.linalg.conjugate_gradient() (subclass it for your own), got {solver!r}"
         )
-    if not callable(getattr(curvature, "matvec", None)):
+    if not isinstance(curvature, Curvature):
         raise ValueError(
             f"{owner} curvature must have a matvec(linearization) method, such as "
-            f"DoubleBackward(), ForwardOverReverse() or GaussNewton(...), got {curvature!r}"
+            f"DoubleBackward(), ForwardOverReverse() or GaussNewton(...) (subclass "
+            f"ziggurat.hypergradient.Curvature for your own), got {curvature!r}"
         )
 
 
 @dataclass(frozen=True)
-class Implicit:
+class Implicit(Method):
     """``v^T dw*/dlam = -(d^2 f/dlam dw) solver(H, v)``.
 
     Attributes:
@@ -103,10 +102,11 @@ class Implicit:
 
     def __post_init__(self) -> None:
         check_strategies("implicit", self.solver, self.curvature)
-        if not callable(self.mixed):
+        if not isinstance(self.mixed, MixedRule):
             raise ValueError(
                 "implicit mixed must be a mixed-product rule, a callable mixed(lin, u) such as "
-                f"MixedAutograd() or MixedFiniteDifference(), got {self.mixed!r}"
+                "MixedAutograd() or MixedFiniteDifference() (subclass "
+                f"ziggurat.hypergradient.MixedRule for your own), got {self.mixed!r}"
             )
         if not isinstance(self.label, str):
             raise ValueError(f"implicit label must be a string, got {self.label!r}")
@@ -116,9 +116,26 @@ class Implicit:
         return self.label
 
     @property
+    def warm_starts(self) -> bool:
+        return self.solver.warm_starts
+
+    @property
     def uses_warm_start(self) -> bool:
-        """Whether the solver starts from ``context.warm_start`` (callers may keep solutions)."""
-        return bool(getattr(self.solver, "warm_start", False))
+        """Alias of :attr:`warm_starts`."""
+        return self.warm_starts
+
+    @property
+    def finite_differences(self) -> bool:
+        curvature = self.solver.uses_operator and self.curvature.finite_differences
+        return self.mixed.finite_differences or curvature
+
+    @property
+    def first_order_only(self) -> bool:
+        curvature = self.solver.uses_operator and self.curvature.second_order
+        return not (self.mixed.second_order or curvature)
+
+    def with_curvature(self, wrap: Callable[[Curvature], Curvature]) -> Implicit:
+        return dataclasses.replace(self, curvature=wrap(self.curvature))
 
     def __call__(
         self,

@@ -1,6 +1,7 @@
 """Named presets: the methods users pick, each a value built from the strategies.
 
-Strings map to these in exactly one place, :func:`from_name`.
+Strings map to these in exactly one place, :data:`PRESETS` through :func:`from_name`;
+``Config(type=...)``, Betty's ``jvp_fn_mapping`` and the command line all go through it.
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "first_order": first_order,
     "unrolled": unrolled,
 }
+
+
+CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
+"""The preset names ``Config(type=...)`` accepts (Betty's method names)."""
 
 
 def from_name(name: str, **options: Any) -> Method:

@@ -14,7 +14,7 @@ import torch
 from .. import _checks, _tree
 from .._products import mixed_vjp_fd
 from .._types import InnerLoss, Params
-from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
 
 
 def adam_preconditioner(
@@ -71,7 +71,7 @@ def adam_preconditioner(
 
 
 @dataclass(frozen=True)
-class Sama:
+class Sama(Method):
     """SAMA hop: ``-(d^2 f/dlam dw)(D v)`` by central differences of radius ``radius``.
 
     ``D`` comes from ``context.preconditioner`` (see :func:`adam_preconditioner`); without one,
@@ -87,6 +87,18 @@ class Sama:
     @property
     def name(self) -> str:
         return "sama"
+
+    @property
+    def finite_differences(self) -> bool:
+        return True
+
+    @property
+    def first_order_only(self) -> bool:
+        return True
+
+    @property
+    def needs_preconditioner(self) -> bool:
+        return True
 
     def __call__(
         self,

@@ -16,6 +16,7 @@ mixed product from ``mixed_batches`` further, independent mini-batches::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,9 @@ from .. import _checks, _tree
 from .._products import Linearization, scalar_loss
 from .._types import InnerLoss, Params
 from ..linalg import LinearSolver
-from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
-from ._gauss_newton import GaussNewton
-from ._implicit import Curvature, DoubleBackward, check_strategies
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
+from ._implicit import DoubleBackward, check_strategies
+from ._strategies import Curvature
 
 BatchLoss = Callable[[Params, Params, Any], Tensor]
 """``f(w, lam, batch) -> scalar``: the inner loss on one mini-batch, scaled like the full loss
@@ -50,16 +51,17 @@ def averaged(loss: BatchLoss, batches: Sequence[Any]) -> InnerLoss:
 
 
 @dataclass(frozen=True)
-class Stochastic:
+class Stochastic(Method):
     """``-M_T H_S^{-1} v`` with ``H_S`` and ``M_T`` averaged over independent mini-batches.
 
     Each call draws ``num_batches`` batches for the Hessian and ``mixed_batches`` (default:
     ``num_batches``) fresh ones for the mixed product. The ``inner`` argument of the method
     signature, the full-batch loss, is not evaluated: every product comes from ``loss`` on
     sampled batches. ``curvature`` must act on the linearisation it is given
-    (:class:`DoubleBackward` or :class:`ForwardOverReverse`). A :class:`GaussNewton` is refused
-    at construction: it evaluates its own full-batch ``outputs`` closure, so it would ignore the
-    sampled batches and silently give a full-batch ``H`` next to a stochastic mixed product.
+    (:class:`DoubleBackward` or :class:`ForwardOverReverse`). A :class:`GaussNewton` (a
+    curvature that does not read the loss it is given) is refused at construction: it
+    evaluates its own full-batch ``outputs`` closure, so it would ignore the sampled batches
+    and silently give a full-batch ``H`` next to a stochastic mixed product.
 
     The estimate is biased for finite samples (``E[H_S^{-1}] != H^{-1}``), but its error falls
     as the sample grows: roughly like ``1/sqrt(num_batches)`` for the variance part and
@@ -83,7 +85,7 @@ class Stochastic:
 
     def __post_init__(self) -> None:
         check_strategies("stochastic", self.solver, self.curvature)
-        if isinstance(self.curvature, GaussNewton):
+        if not self.curvature.reads_inner:
             raise ValueError(
                 "stochastic does not support curvature=GaussNewton(...): Gauss-Newton evaluates "
                 "its own full-batch outputs closure, not the sampled mini-batches, so the solve "
@@ -102,6 +104,13 @@ class Stochastic:
     @property
     def name(self) -> str:
         return "stochastic"
+
+    @property
+    def warm_starts(self) -> bool:
+        return self.solver.warm_starts
+
+    def with_curvature(self, wrap: Callable[[Curvature], Curvature]) -> Stochastic:
+        return dataclasses.replace(self, curvature=wrap(self.curvature))
 
     def __call__(
         self,

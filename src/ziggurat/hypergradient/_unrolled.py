@@ -19,7 +19,7 @@ from .. import _checks, _tree
 from .._products import pullback, scalar_loss
 from .._types import InnerLoss, Params
 from ..optim import FunctionalOptimizer, OptState
-from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, check_inputs
+from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
 from ._checkpoint import Segments, checkpointed_vjp, segment_count
 
 
@@ -57,7 +57,7 @@ def unroll(
 
 
 @dataclass(frozen=True)
-class Unrolled:
+class Unrolled(Method):
     """``v^T dw_T/dlam`` through ``steps`` differentiable optimizer steps from ``w``.
 
     Memory grows with the number of differentiated steps ``K`` (``truncate`` or ``steps``).

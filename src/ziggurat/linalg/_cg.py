@@ -10,12 +10,12 @@ from torch import Tensor
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
-from ._result import SolveResult
+from ._result import LinearSolver, SolveResult
 from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
-class ConjugateGradient:
+class ConjugateGradient(LinearSolver):
     """Solve ``(H + damping I) x = b`` for symmetric positive definite ``H``.
 
     Stops after ``maxiter`` products or once ``||r|| <= tol * ||b||``; in exact arithmetic it
@@ -39,6 +39,10 @@ class ConjugateGradient:
         _checks.int_at_least("cg maxiter", self.maxiter, 1)
         _checks.positive("cg tol", self.tol)
         _checks.non_negative("cg damping", self.damping)
+
+    @property
+    def warm_starts(self) -> bool:
+        return self.warm_start
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)

@@ -9,7 +9,7 @@ import torch
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
-from ._result import SolveResult
+from ._result import LinearSolver, SolveResult
 from ._rhs import finite_rhs_norm
 
 
@@ -23,7 +23,7 @@ def materialize(matvec: MatVec, like: Params) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(LinearSolver):
     """Exact ``(H + damping I)^{-1} b`` by ``torch.linalg.solve`` on the materialised matrix.
 
     Costs ``n`` products and ``O(n^3)`` time: meant for tests, references and small problems.

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
-from ._result import SolveResult
+from ._result import LinearSolver, SolveResult
 from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
-class FixedPoint:
+class FixedPoint(LinearSolver):
     """Iterate ``x_{k+1} = x_k - step (H x_k - b) + momentum (x_k - x_{k-1})`` from ``x_0``.
 
     ``x_0`` is zero unless warm-started (then ``x_{-1} = x_0``: no initial velocity).

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from .. import _checks, _tree
 from .._types import MatVec, Params
-from ._result import SolveResult
+from ._result import LinearSolver, SolveResult
 
 
 @dataclass(frozen=True)
-class Identity:
+class Identity(LinearSolver):
     """Approximates ``H^{-1}`` by ``scale * I``; spends no operator application.
 
     The residual is not measured (it would cost a Hessian-vector product) and is ``nan``. It
@@ -23,6 +23,10 @@ class Identity:
 
     def __post_init__(self) -> None:
         _checks.positive("identity scale", self.scale)
+
+    @property
+    def uses_operator(self) -> bool:
+        return False
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         # scale 1 (DARTS) returns b's leaves as they are: no pass over the tree (a non-finite

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
-from ._result import SolveResult
+from ._result import LinearSolver, SolveResult
 from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
-class Neumann:
+class Neumann(LinearSolver):
     """``x = alpha * sum_{k=0..K} (I - alpha H)^k b`` with ``K = iterations``.
 
     Converges to ``H^{-1} b`` when ``0 < alpha < 2 / lambda_max(H)`` and ``H`` is positive

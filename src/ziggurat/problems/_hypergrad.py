@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _tree
 from .._types import Params
-from ..hypergradient import Hop, fold, uses_finite_differences
+from ..hypergradient import Hop, fold
 from ._functional import pure_mean_loss
 
 if TYPE_CHECKING:
@@ -29,16 +29,13 @@ HopKey = tuple[str, int, int]
 
 
 def _first_lowers(problem: Problem) -> list[Problem]:
+    """The first lower level of every path whose first hop is taken separately (not one whose
+    method follows the recorded trajectory through the direct backward pass)."""
     seen: dict[str, Problem] = {}
     for path in problem.paths:
-        if path[1].params_live_in_module:
+        if not path[1].hop_method().follows_trajectory:
             seen.setdefault(path[1].name, path[1])
     return list(seen.values())
-
-
-def _reads_cotangent(lower: Problem) -> bool:
-    """Whether the method of hops from ``lower`` reads its cotangent (first-order does not)."""
-    return bool(getattr(lower.hop_method(), "reads_cotangent", True))
 
 
 def _direct(
@@ -107,7 +104,7 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         context = lower.hop_context(method, key)
         # a bf16 forward would round away the perturbations of finite differences
         inner = pure_mean_loss(
-            lower, upper, hop_batches(lower), full_precision=uses_finite_differences(method)
+            lower, upper, hop_batches(lower), full_precision=method.finite_differences
         )
         if problem.engine is not None:  # data-parallel ranks: global-batch products
             method = problem.engine.distributed.wrap_method(method)
@@ -121,7 +118,9 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
     """``dL/dtheta`` for ``problem``: direct term plus every path's folded hypergradient."""
     firsts = _first_lowers(problem)
     # no backward pass into a lower level whose hop ignores it; its hop gets zeros
-    direct, cotangents = _direct(problem, loss, [p for p in firsts if _reads_cotangent(p)])
+    direct, cotangents = _direct(
+        problem, loss, [p for p in firsts if p.hop_method().reads_cotangent]
+    )
     for p in firsts:
         if p.name not in cotangents:
             cotangents[p.name] = _tree.zeros_like(_tree.detach(p.named_trainable_parameters()))
@@ -130,7 +129,7 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
     hyper: Params | None = None
     for index, path in enumerate(problem.paths):
         if path[1].name not in cotangents:
-            continue  # unrolled lower: the direct gradient went through its trajectory
+            continue  # the direct gradient went through the first lower's trajectory
         hops, keys = _hops(problem, index, path)
         contribution, infos = fold(hops, cotangents[path[1].name])
         total = _tree.add(total, contribution)

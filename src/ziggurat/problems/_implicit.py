@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .._types import Params
-from ..hypergradient import HopContext, Method, Sama, adam_preconditioner
+from ..hypergradient import HopContext, Method, adam_preconditioner
 from ._problem import HopKey, Problem
 
 
@@ -20,15 +20,16 @@ class ImplicitProblem(Problem):
 
     def hop_context(self, method: Method, key: HopKey) -> HopContext:
         context = super().hop_context(method, key)
-        if isinstance(method, Sama):
+        if method.needs_preconditioner:
             return HopContext(context.warm_start, self._adam_preconditioner())
         return context
 
     def reads_last_grads(self) -> bool:
-        """SAMA with an Adam/AdamW optimizer builds its preconditioner from the last gradients."""
+        """A method that needs a preconditioner (SAMA), with an Adam/AdamW optimizer, builds it
+        from the last gradients."""
         local = self._own_optimizer()
         adam = isinstance(local, (torch.optim.Adam, torch.optim.AdamW))
-        return adam and isinstance(self.hop_method(), Sama)
+        return adam and self.hop_method().needs_preconditioner
 
     def _adam_preconditioner(self) -> Params | None:
         """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity).

@@ -9,16 +9,14 @@ reads this one differentiates through the whole trajectory (Maclaurin et al. 201
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .. import _tree
-from .._products import pullback
-from .._types import InnerLoss, Params
-from ..hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, _checkpoint
+from .._types import Params
+from ..hypergradient import Method, Trajectory, _checkpoint
 from ..optim import FunctionalOptimizer, OptState, from_torch
 from . import _segments
 from ._data import to_device
@@ -26,25 +24,6 @@ from ._problem import Problem
 
 if TYPE_CHECKING:
     from ..engine import Engine
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """``v^T dw_T/dlam`` through the recorded graph of an unrolled inner loop.
-
-    ``w`` must be the live parameters of the unrolled level and ``lam`` the live parameters of
-    the level above; ``inner`` is not used.
-    """
-
-    @property
-    def name(self) -> str:
-        return "trajectory"
-
-    def __call__(
-        self, inner: InnerLoss, w: Params, lam: Params, v: Params, context: HopContext = NO_CONTEXT
-    ) -> HopResult:
-        out = pullback(((w[k], v[k]) for k in v), lam, retain_graph=True)
-        return HopResult(out, HopInfo(self.name))
 
 
 class IterativeProblem(Problem):

@@ -604,7 +604,7 @@ class Problem(ProblemHelpers):
 
     def remember_hop(self, key: HopKey, method: Method, info: HopInfo) -> None:
         """Keep a hop's solution when the method warm-starts from it."""
-        if getattr(method, "uses_warm_start", False) and info.solution is not None:
+        if method.warm_starts and info.solution is not None:
             self._warm_starts[key] = _tree.detach(info.solution)
 
     # ------------------------------------------------------------------ the update
