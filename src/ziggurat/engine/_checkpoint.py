@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from .. import _tree
+from .. import _rng, _tree
 from ..problems import IterativeProblem, Problem
 from ..problems._data import to_device
 from . import _sharding
@@ -67,34 +65,6 @@ def stale_temp_files(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         return []
     return sorted(f for f in os.listdir(directory) if _TEMP.match(f))
-
-
-# ---------------------------------------------------------------------- RNG
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            str(kind),
-            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            pos,
-            has_gauss,
-            cached,
-        ],
-        "python": [version, list(internal), gauss_next],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 # ---------------------------------------------------------------------- problems
@@ -237,7 +207,7 @@ def _sharded_entries(problem: Problem, state: dict[str, Any]) -> dict[str, Any]:
 def _rank_state(engine: Engine) -> dict[str, Any]:
     """The part of the state that differs between data-parallel ranks (moved to the CPU)."""
     local = {
-        "rng": _rng_state(),
+        "rng": _rng.capture(),
         "problems": {
             p.name: {key: rank_value(p, key) for key in RANK_KEYS} for p in engine.problems
         },
@@ -261,7 +231,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             "stopped_early": engine.stopped_early,
             "config": engine.config.to_dict(),
         },
-        "rng": _rng_state(),
+        "rng": _rng.capture(),
         "problems": {p.name: problem_state(p) for p in engine.problems},
     }
     if group.world_size > 1:
@@ -370,7 +340,7 @@ def load_engine_state(engine: Engine, state: dict[str, Any]) -> None:
         _load_problem(problem, saved)
         for loader, loader_state in zip(problem._loaders, saved["loaders"], strict=True):
             loader.load_state_dict(loader_state)
-    _set_rng_state(state["rng"])
+    _rng.restore(state["rng"])
 
 
 # ---------------------------------------------------------------------- files

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import _checks, _tree
+from .. import _checks, _rng, _tree
 from .._types import Params
 from ..hypergradient import HopInfo, Method, cg
 from ._history import History
@@ -158,10 +157,10 @@ class HyperModel:
         v = _tree.fill_none(
             torch.autograd.grad(self.val_loss(w_, val), list(w_.values()), allow_unused=True), w_
         )
-        seed = _draw_seed() if self.transform is not None else None
+        seed = _rng.draw_seed() if self.transform is not None else None
 
         def inner(p: Params, h: Params) -> Tensor:
-            with _same_draws(seed):
+            with _rng.same_draws(seed):
                 return self.train_loss(p, h, train)
 
         result = method(inner, w, lam, _tree.detach(v))
@@ -251,27 +250,6 @@ class HyperModel:
         self.train_inner(inner_opt, train, inner_steps)
         self._record(history, train, val)
         return history
-
-
-def _draw_seed() -> int:
-    """A seed from the global generator: fresh on each call, reproducible under a fixed seed."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-
-
-@contextmanager
-def _same_draws(seed: int | None) -> Iterator[None]:
-    """Run the block with the CPU and every initialised CUDA generator seeded with ``seed``,
-    restoring their states after, so that each run of the block makes the same random draws
-    and the global streams are left as they were. ``None`` runs the block as it is."""
-    if seed is None:
-        yield
-        return
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
 
 
 def _steps(n: int, progress: bool | None, history: History) -> Iterator[int]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import _tree
+from .. import _rng, _tree
 from .._types import Params
 from ..hypergradient import Method, Trajectory, _checkpoint
 from ..optim import FunctionalOptimizer, OptState, from_torch
@@ -195,7 +195,7 @@ class IterativeProblem(Problem):
 
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         if self.checkpointed and self._training:
-            self._micro.append((batch, _segments.rng_states(self.device or torch.device("cpu"))))
+            self._micro.append((batch, _rng.torch_states(self.device or torch.device("cpu"))))
         return super().get_loss(batch)
 
     def gradients(self, loss: Tensor) -> Params:

@@ -18,39 +18,19 @@ reported instead of giving a wrong answer.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import _tree
+from .. import _rng, _tree
 from .._types import Params
 from ..optim import FunctionalOptimizer, OptState
 
 Micro = tuple[Any, list[Tensor]]
 """One micro-batch of an update: the batch and the RNG states its ``training_step`` ran under."""
-
-
-def rng_states(device: torch.device) -> list[Tensor]:
-    """The CPU generator's state, and the device's when it is a CUDA device."""
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
-
-
-@contextlib.contextmanager
-def replayed_rng(states: list[Tensor], device: torch.device) -> Iterator[None]:
-    """Run the block under ``states`` (as :func:`rng_states` took them), then restore."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(states[0])
-        if devices:
-            torch.cuda.set_rng_state(states[1], device)
-        yield
 
 
 @dataclass
@@ -168,7 +148,7 @@ def update_fn(
         for batch, rng in micro:
             old = swap(w)
             try:
-                with replayed_rng(rng, device):
+                with _rng.replayed(rng, device):
                     loss = loss_of(batch)
             finally:
                 swap(old)
