@@ -39,7 +39,7 @@ def test_version_two_fixture_is_written_back_entry_for_entry() -> None:
     engine = build(SAVED_AT)
     engine.load(str(FIXTURES / "checkpoint_v2.pt"))
     assert engine.cls_cg.at_inner_loop_boundary is False  # an open accumulation window
-    assert_identical(_checkpoint.engine_state(engine), saved)
+    assert_identical(engine.checkpoint_state(), saved)
 
 
 def test_version_two_fixture_continues_bit_exactly() -> None:

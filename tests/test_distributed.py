@@ -139,7 +139,7 @@ def test_sama_preconditioner_matters() -> None:
     """The ``sama`` job tests the Adam preconditioner: with ``D = I`` the result differs."""
     adam = run("sama")
     engine = build("sama", 0, 1, "default")
-    engine.lower._adam_preconditioner = lambda: None  # the identity fallback
+    engine.lower.optimizer_preconditioner = lambda: None  # the identity fallback
     engine.run()
     identity = parameters(engine)
     assert float((adam["weights.weight"] - identity["weights.weight"]).abs().max()) > 1e-4
@@ -288,12 +288,16 @@ def test_torchrun_world_initialised_by_the_engine(tmp_path) -> None:
 def test_importing_ziggurat_keeps_optimizers_from_pinning_the_process_group(tmp_path) -> None:
     """After ``import ziggurat``, a group initialised by the user, then the first
     ``torch.optim`` optimizer and ZeRO's import: neither adds a reference to the group, so
-    ``destroy_process_group`` frees it (without the guard in ``engine/_distributed.py`` torch
-    2.13 adds eleven, and the leaked group's gloo threads abort some processes at exit)."""
+    ``destroy_process_group`` frees it (without the guards in ``systems/_torch_guards.py`` torch
+    2.13 adds eleven, and the leaked group's gloo threads abort some processes at exit). ZeRO's
+    module is guarded by ``prepare_torch_distributed("zero")`` before ``init_process_group``
+    (the engine calls it before creating its own group); the optimizer, by the import."""
     script = f"""
 import sys
 import torch, torch.distributed as dist
 import ziggurat
+assert "torch.distributed.optim" not in sys.modules  # loaded only when a strategy asks
+ziggurat.systems.prepare_torch_distributed("zero")
 dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
 before = sys.getrefcount(dist.group.WORLD)
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -306,6 +310,25 @@ dist.destroy_process_group()
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0"]
+
+
+def test_without_the_zero_guard_its_import_pins_the_group(tmp_path) -> None:
+    """The guard matters: ZeRO imported after the group exists adds a reference to it."""
+    script = f"""
+import sys
+import torch.distributed as dist
+import ziggurat
+dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
+before = sys.getrefcount(dist.group.WORLD)
+from torch.distributed.optim import ZeroRedundancyOptimizer
+print(sys.getrefcount(dist.group.WORLD) - before)
+dist.destroy_process_group()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[0]) >= 1
 
 
 FSDP_REFUSALS = """

@@ -94,7 +94,7 @@ def test_bf16_autocast_runs_and_hypergradient_stays_fp32(lower_config):
     for info in engine.upper.last_hop_info:
         if info.solution is not None:
             assert all(v.dtype == torch.float32 for v in info.solution.values())
-    for sol in engine.lower._warm_starts.values():
+    for sol in engine.lower._hops.warm_starts.values():
         assert all(v.dtype == torch.float32 for v in sol.values())
     err16 = float((seen["grad"].double() - closed).norm() / closed.norm())
     assert err32 < 1e-5  # fp32 is exact up to rounding

@@ -1,4 +1,4 @@
-"""Arithmetic on parameter trees (``dict[str, Tensor]``).
+"""Arithmetic on parameter trees (``dict[str, Tensor]``), and moving nested batches.
 
 Every function is pure and keeps the key order of its first argument, except the in-place
 variants whose names end in ``_`` (``axpy_``, ``xpay_``, ``add_``, ``scale_``): they overwrite
@@ -8,6 +8,7 @@ their output tree, which must be one the caller created.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -165,3 +166,26 @@ def numel(a: Params) -> int:
 
 def cast(a: Params, dtype: torch.dtype) -> Params:
     return {k: t.to(dtype) for k, t in a.items()}
+
+
+def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
+    """``grads * min(1, max_norm / (||grads|| + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``
+    scales, but out of place and differentiable (an unrolled step's derivative includes the
+    clipping's)."""
+    coef = torch.clamp(max_norm / (norm(grads) + 1e-6), max=1.0)
+    return scale(grads, coef)
+
+
+def to_device(batch: Any, device: torch.device | str | None) -> Any:
+    """Move every tensor inside tuples, lists, dicts and dataclass-free nests to ``device``."""
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

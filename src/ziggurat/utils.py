@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .logging._betty import flatten_stats
+from .logging import flatten_stats
 
 
 def log_from_loss_dict(loss_dict: Mapping[str, Any]) -> str:

@@ -8,13 +8,14 @@ from typing import Any
 
 import torch
 
+from .._values import as_float
 from ..configs import EngineConfig
 from ..envs import Env
 from ..logging import BoundLogger, LoggerBase
-from ..problems import Problem
+from ..problems import HypergradientRecord, Problem, resolve
+from ..systems import Group, make_group
 from ..utils import log_from_loss_dict
-from . import _checkpoint, _compat, _run, _wiring
-from ._distributed import SingleProcess, check_strategy, make_group, prepare_problems
+from . import _checkpoint, _compat, _prepare, _run, _wiring
 from ._graph import Graph, parse
 
 log = logging.getLogger("ziggurat")
@@ -33,7 +34,23 @@ class Engine:
     Each iteration steps the lowest problems; upper problems step when their lower problems
     finish an inner loop (see :meth:`Problem.step`). ``validation()`` (override it) runs every
     ``valid_step`` iterations and its dict is logged. Problems are attributes by name.
+
+    The engine is the runtime its problems run in: it implements
+    :class:`ziggurat.problems.Runtime`, the interface the problem layer declares.
     """
+
+    # every attribute __init__ and initialize set (a problem name must not shadow one)
+    config: EngineConfig
+    problems: list[Problem]
+    env: Any
+    global_step: int
+    validation_history: list[dict[str, float]]
+    stopped_early: bool
+    graph: Graph
+    distributed: Group
+    device: torch.device
+    leaves: list[Problem]
+    has_unrolled: bool
 
     def __init__(
         self,
@@ -53,18 +70,24 @@ class Engine:
         self.global_step = 0
         self.validation_history: list[dict[str, float]] = []
         self.stopped_early = False
-        self._run = _run.RunServices(self)
         self._by_name = {p.name: p for p in self.problems}
-        self.graph: Graph = parse([p.name for p in self.problems], dependencies)
+        self.graph = parse([p.name for p in self.problems], dependencies)
         _wiring.check_names(self, self.problems)
         self._check_strategy(self.graph)
-        self.distributed: SingleProcess = make_group(
+        self.distributed = make_group(
             self.config.strategy, self.config.backend, self._pick_device()
         )
         self.device = self.distributed.device
+        self._run = _run.RunServices(
+            self.config,
+            self.distributed,
+            self.problems,
+            lambda: self.global_step,
+            self.save,
+            self.load,
+        )
         self.initialize()
 
-    # ------------------------------------------------------------------ setup
     def _pick_device(self) -> torch.device:
         strategy = self.config.strategy
         if strategy == "gpu" and not torch.cuda.is_available():
@@ -75,7 +98,7 @@ class Engine:
 
     def _check_strategy(self, graph: Graph) -> None:
         lowers = {n for n, ups in graph.uppers.items() if ups}
-        check_strategy(self.config.strategy, self.problems, set(graph.leaves), lowers)
+        _prepare.check_strategy(self.config.strategy, self.problems, set(graph.leaves), lowers)
 
     def initialize(self) -> None:
         """Wire parents, children and paths, then initialise every problem."""
@@ -90,7 +113,7 @@ class Engine:
         _wiring.check_names(self, self.problems)
         # unrolled levels keep a graph that several backward passes traverse
         self.has_unrolled = any(not p.params_live_in_module for p in self.problems)
-        prepare_problems(self.distributed, self.problems)
+        _prepare.prepare_problems(self.distributed, self.problems)
         if isinstance(self.env, Env):
             self.env.engine = self
             self.env.configure_device(self.device)
@@ -116,13 +139,12 @@ class Engine:
         _wiring.check_boundary(self.problems)
         graph = parse([p.name for p in self.problems], dependencies)
         self._check_strategy(graph)
-        _wiring.check_sharding(self.problems, graph)
+        _prepare.check_sharding(self.problems, graph)
         self.graph = graph
         for p in self.problems:
             p.clear_dependencies()
         self.leaves = _wiring.wire(self._by_name, graph)
 
-    # ------------------------------------------------------------------ runtime views
     @property
     def train_iters(self) -> int:
         """``config.train_iters``: iterations of the lowest levels (read-only view)."""
@@ -132,6 +154,11 @@ class Engine:
     def valid_step(self) -> int:
         """``config.valid_step``: the validation period in iterations (read-only view)."""
         return self.config.valid_step
+
+    @property
+    def roll_back(self) -> bool:
+        """``config.roll_back``: levels with uppers redo their last step after the uppers step."""
+        return self.config.roll_back
 
     def is_rank_zero(self) -> bool:
         """Whether this process is rank 0 (always, on one process)."""
@@ -147,29 +174,22 @@ class Engine:
         self._run.close_logger()
         self.distributed.close()
 
-    # ------------------------------------------------------------------ names
     def problem_by_name(self, name: str) -> Problem | None:
+        """The problem called ``name``, or ``None``."""
         return self.__dict__.get("_by_name", {}).get(name)
 
     def problem_names(self) -> list[str]:
+        """Every problem's name, in the order given."""
         return list(self.__dict__.get("_by_name", {}))
 
     def __getattr__(self, item: str) -> Any:
-        if item.startswith("_"):
-            raise AttributeError(item)
-        found = self.problem_by_name(item)
-        if found is None:
-            raise AttributeError(
-                f"Engine has no attribute or problem named {item!r}; known problems: "
-                f"{sorted(self.problem_names())}"
-            )
-        return found
+        return resolve(self, item, "Engine")
 
-    # ------------------------------------------------------------------ running
     def run(self) -> dict[str, float] | None:
         """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
-        _run.check_plateau_schedulers(self)
-        _run.check_early_stopping(self, validates=type(self).validation is not Engine.validation)
+        _run.check_plateau_schedulers(self.config, self.problems)
+        validates = type(self).validation is not Engine.validation
+        _run.check_early_stopping(self.config, type(self).__name__, validates)
         self.train()
         if self.config.resume:
             self._run.resume()
@@ -183,7 +203,6 @@ class Engine:
                 self._run.after_step()
         return last
 
-    # ------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
         """Write a checkpoint of the whole program to ``path`` atomically.
 
@@ -191,7 +210,7 @@ class Engine:
         ZeRO optimizer state is a collective), rank 0 writes it, and every rank returns once
         the file is complete (or raises if rank 0 could not write it).
         """
-        state = _checkpoint.engine_state(self)
+        state = self.checkpoint_state()
         error: BaseException | None = None
         if self.distributed.is_main:
             try:
@@ -213,8 +232,22 @@ class Engine:
         """
         self.distributed.barrier()
         state = _checkpoint.read_checkpoint(path)
-        _checkpoint.check_compatible(self, state, path)
-        _checkpoint.load_engine_state(self, state)
+        _checkpoint.check_compatible(self.problems, state, path)
+        run = _checkpoint.load_engine_state(self.problems, self.distributed, state)
+        self.global_step = int(run["global_step"])
+        self.validation_history = [dict(v) for v in run["validation_history"]]
+        self.stopped_early = bool(run["stopped_early"])
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What :meth:`save` writes: every problem's entry, the run's counters and configs,
+        and every generator's state (a collective under data parallelism)."""
+        run = {
+            "global_step": self.global_step,
+            "validation_history": [dict(v) for v in self.validation_history],
+            "stopped_early": self.stopped_early,
+            "config": self.config.to_dict(),
+        }
+        return _checkpoint.engine_state(self.problems, self.distributed, run)
 
     def train_step(self) -> None:
         """One iteration at ``self.global_step``: step every lowest problem (uppers follow when
@@ -238,7 +271,7 @@ class Engine:
         # every rank steps its plateau schedulers on rank 0's values, so learning rates agree
         values = self.distributed.broadcast_object(values)
         if values is not None:
-            _run.step_plateau_schedulers(self, values)
+            _run.step_plateau_schedulers(self.config, self.problems, values)
         self.stopped_early = self.distributed.broadcast_flag(self.stopped_early)
         return values
 
@@ -258,7 +291,7 @@ class Engine:
             return None
         if not isinstance(stats, Mapping):
             raise TypeError(f"validation() must return a dict or None, got {type(stats).__name__}")
-        values = {k: _to_float(v) for k, v in stats.items()}
+        values = {k: as_float(v) for k, v in stats.items()}
         self.validation_history.append(values)
         self.log_metrics("validation", values, self.global_step)
         self._check_early_stopping(values)
@@ -293,7 +326,6 @@ class Engine:
         for p in self.problems:
             p.eval()
 
-    # ------------------------------------------------------------------ logging
     def log_metrics(self, source: str, values: Mapping[str, float], step: int) -> None:
         """A console line through the ``ziggurat`` logger, and the scalars to the backend
         (on rank 0 only under data parallelism)."""
@@ -309,12 +341,6 @@ class Engine:
         this run's metrics backend; ``step`` defaults to the global step)."""
         return BoundLogger(self.log_metrics, lambda: self.global_step)
 
-    def log_hypergradient(self, problem: Problem) -> None:
+    def log_hypergradient(self, record: HypergradientRecord) -> None:
         """Per upper step: each hop's method, solver iterations, residual; the norm."""
-        self._run.log_hypergradient(problem)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean())
-    return float(value)
+        self._run.log_hypergradient(record)

@@ -15,11 +15,11 @@ from typing import Any
 from ..problems import Problem
 from ._graph import Graph
 
-# attributes Engine.__init__ and Engine.initialize set (checked before they all exist)
-_ENGINE_ATTRIBUTES = frozenset(
-    {"config", "problems", "env", "global_step", "validation_history", "stopped_early"}
-    | {"graph", "distributed", "device", "leaves", "has_unrolled"}
-)
+
+def _declared_attributes(cls: type) -> set[str]:
+    """The attributes ``cls`` and its bases declare (``Engine`` annotates every one it sets),
+    known before the engine has set them."""
+    return {name for klass in cls.__mro__ for name in vars(klass).get("__annotations__", {})}
 
 
 def check_names(engine: Any, problems: Sequence[Problem]) -> None:
@@ -46,7 +46,8 @@ def check_names(engine: Any, problems: Sequence[Problem]) -> None:
 
 
 def _owner_of(name: str, engine: Any, problems: Sequence[Problem]) -> str | None:
-    if name in _ENGINE_ATTRIBUTES or name in vars(engine) or hasattr(type(engine), name):
+    declared = _declared_attributes(type(engine))
+    if name in declared or name in vars(engine) or hasattr(type(engine), name):
         return "the Engine"
     for p in problems:
         if name in vars(p) or hasattr(type(p), name):
@@ -74,16 +75,4 @@ def check_boundary(problems: Sequence[Problem]) -> None:
             "taken since they last signalled their upper levels, an open gradient-accumulation "
             "window or a roll-back cache); re-wire between iterations at which every lower "
             "level has just finished unroll_steps x gradient_accumulation steps"
-        )
-
-
-def check_sharding(problems: Sequence[Problem], graph: Graph) -> None:
-    """Under ``strategy="fsdp"`` the leaves were sharded at construction; they must stay the
-    leaves (a sharded level cannot become the upper level of a hop)."""
-    sharded = sorted(p.name for p in problems if p.sharded)
-    if sharded and sharded != sorted(graph.leaves):
-        raise ValueError(
-            f"set_dependency: strategy='fsdp' sharded the lowest levels {sharded} at "
-            f"construction, but the new dependencies make {sorted(graph.leaves)} the lowest; "
-            "keep the same lowest levels or build a new Engine"
         )

@@ -8,19 +8,18 @@ few steps for meta-learning). The engine calls :meth:`Env.configure_device` and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from ..engine import Engine
+from ..problems import Runtime, resolve
 
 
 class Env:
     """Base class for environments; every hook is a documented no-op."""
 
     def __init__(self) -> None:
-        self.engine: Engine | None = None
+        self.engine: Runtime | None = None
         self.device: torch.device | None = None
 
     def configure_device(self, device: torch.device) -> None:
@@ -35,9 +34,4 @@ class Env:
         return None
 
     def __getattr__(self, item: str) -> Any:
-        if item.startswith("_"):
-            raise AttributeError(item)
-        engine = self.__dict__.get("engine")
-        if engine is not None and engine.problem_by_name(item) is not None:
-            return engine.problem_by_name(item)
-        raise AttributeError(f"{type(self).__name__} has no attribute or problem named {item!r}")
+        return resolve(self.__dict__.get("engine"), item, type(self).__name__)

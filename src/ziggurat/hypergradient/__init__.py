@@ -7,6 +7,10 @@ from ._base import HopResult as HopResult
 from ._base import Method as Method
 from ._base import best_response_vjp as best_response_vjp
 from ._betty import jvp_fn_mapping as jvp_fn_mapping
+from ._checkpoint import segment_bounds as segment_bounds
+from ._checkpoint import segment_count as segment_count
+from ._data_parallel import DataParallel as DataParallel
+from ._data_parallel import data_parallel as data_parallel
 from ._first_order import FirstOrder as FirstOrder
 from ._gauss_newton import GaussNewton as GaussNewton
 from ._gauss_newton import gauss_newton as gauss_newton

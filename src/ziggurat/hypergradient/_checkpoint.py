@@ -19,16 +19,23 @@ The result equals plain unrolling up to floating-point summation order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import pairwise
 
 import torch
+from torch import Tensor
 
 from .. import _tree
 from .._products import scalar_loss
 from .._types import InnerLoss, Params
-from ..optim import FunctionalOptimizer, OptState
+from ..optim import FunctionalOptimizer, OptState, grad_step
 
 Segments = int | str | None
+
+
+def inner_at(inner: InnerLoss, lam: Params) -> Callable[[Params], Tensor]:
+    """``w -> f(w, lam)``, checked to be a scalar: the loss an unrolled step differentiates."""
+    return lambda w: scalar_loss(inner(w, lam), "inner loss")
 
 
 def segment_count(steps: int, segments: int | str) -> int:
@@ -49,26 +56,6 @@ def segment_bounds(steps: int, segments: int) -> list[int]:
     for i in range(segments):
         bounds.append(bounds[-1] + base + (1 if i < extra else 0))
     return bounds
-
-
-def _step(
-    inner: InnerLoss,
-    w: Params,
-    lam: Params,
-    optimizer: FunctionalOptimizer,
-    state: OptState,
-    keep: bool,
-) -> tuple[Params, OptState]:
-    """One optimizer step; with ``keep`` the result stays differentiable in ``w``, state, lam."""
-    w_in = {k: x if x.requires_grad else x.detach().requires_grad_(True) for k, x in w.items()}
-    f = scalar_loss(inner(w_in, lam), "inner loss")
-    grads = torch.autograd.grad(f, list(w_in.values()), create_graph=keep, allow_unused=True)
-    g = _tree.fill_none(grads, w_in)
-    if not keep:
-        with torch.no_grad():
-            w_out, state_out = optimizer.step(_tree.detach(w_in), _tree.detach(g), state)
-        return _tree.detach(w_out), state_out.detach()
-    return optimizer.step(w_in, g, state)
 
 
 def _state_leaves(state: OptState) -> OptState:
@@ -99,16 +86,17 @@ def checkpointed_vjp(
     Steps before ``differentiable_from`` run without a graph (truncation). ``lam`` must hold
     leaves that require grad; the result is detached and shaped like ``lam``.
     """
+    loss = inner_at(inner, lam)
     w_t, state = _tree.detach(w), optimizer.init(_tree.detach(w))
     for _ in range(differentiable_from):
-        w_t, state = _step(inner, w_t, lam, optimizer, state, keep=False)
+        w_t, state = grad_step(loss, w_t, optimizer, state, keep=False)
     k = steps - differentiable_from
     bounds = segment_bounds(k, segment_count(k, segments))
     stored: list[tuple[Params, OptState]] = []
     for start, end in pairwise(bounds):
         stored.append((w_t, state))
         for _ in range(start, end):
-            w_t, state = _step(inner, w_t, lam, optimizer, state, keep=False)
+            w_t, state = grad_step(loss, w_t, optimizer, state, keep=False)
 
     lam_keys = list(lam)
     total = _tree.zeros_like(_tree.detach(lam))
@@ -118,7 +106,7 @@ def checkpointed_vjp(
         w_in, s_in = _tree.leaves(w_b), _state_leaves(s_b)
         w_e, s_e = w_in, s_in
         for _ in range(start, end):
-            w_e, s_e = _step(inner, w_e, lam, optimizer, s_e, keep=True)
+            w_e, s_e = grad_step(loss, w_e, optimizer, s_e)
         outs = [(w_e[key], c) for key, c in cot_w.items()]
         outs += [(t, cot_s[key]) for key, t in _flat(s_e).items() if key in cot_s]
         live = [(o, c) for o, c in outs if o.requires_grad]

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .. import _checks, _tree
-from .._products import pullback, scalar_loss
+from .._products import pullback
 from .._types import InnerLoss, Params
-from ..optim import FunctionalOptimizer, OptState
+from ..optim import FunctionalOptimizer, OptState, grad_step
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
-from ._checkpoint import Segments, checkpointed_vjp, segment_count
+from ._checkpoint import Segments, checkpointed_vjp, inner_at, segment_count
 
 
 def unroll(
@@ -39,20 +37,11 @@ def unroll(
     result is differentiable with respect to ``lam`` (and the starting point of that segment).
     """
     state = optimizer.init(w) if state is None else state
+    loss = inner_at(inner, lam)
     for t in range(steps):
-        keep = t >= differentiable_from
         if t == differentiable_from:
             w, state = _tree.detach(w), state.detach()
-        w_in = {k: x if x.requires_grad else x.detach().requires_grad_(True) for k, x in w.items()}
-        f = scalar_loss(inner(w_in, lam), "inner loss")
-        grads = torch.autograd.grad(f, list(w_in.values()), create_graph=keep, allow_unused=True)
-        g = _tree.fill_none(grads, w_in)
-        if not keep:
-            g = _tree.detach(g)
-            w_in = _tree.detach(w_in)
-        w, state = optimizer.step(w_in, g, state)
-        if not keep:
-            w, state = _tree.detach(w), state.detach()
+        w, state = grad_step(loss, w, optimizer, state, keep=t >= differentiable_from)
     return w, state
 
 

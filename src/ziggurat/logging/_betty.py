@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
+from .._values import as_float
 from . import _backends
 from ._backends import MetricLogger
 
@@ -34,20 +33,14 @@ def get_logger() -> logging.Logger:
     return _backends.log
 
 
-def _scalar(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean())
-    return float(value)
-
-
 def flatten_stats(stats: Mapping[str, Any]) -> dict[str, float]:
     """Scalars by name; a list or tuple ``v`` under ``key`` becomes ``key_0``, ``key_1``, ..."""
     out: dict[str, float] = {}
     for key, value in stats.items():
         if isinstance(value, (list, tuple)):
-            out.update({f"{key}_{i}": _scalar(v) for i, v in enumerate(value)})
+            out.update({f"{key}_{i}": as_float(v) for i, v in enumerate(value)})
         else:
-            out[key] = _scalar(value)
+            out[key] = as_float(value)
     return out
 
 

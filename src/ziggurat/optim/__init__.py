@@ -8,3 +8,5 @@ from ._base import OptState as OptState
 from ._convert import from_torch as from_torch
 from ._sgd import SGD as SGD
 from ._sgd import sgd as sgd
+from ._step import grad_step as grad_step
+from ._step import gradient as gradient

@@ -1,26 +1,13 @@
-"""Cycling data loaders and moving nested batches to a device."""
+"""Cycling data loaders (``to_device`` moves nested batches, see ``ziggurat._tree``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-
-def to_device(batch: Any, device: torch.device | str | None) -> Any:
-    """Move every tensor inside tuples, lists, dicts and dataclass-free nests to ``device``."""
-    if device is None:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
+from .._tree import to_device as to_device
 
 
 class CyclingLoader:
@@ -123,3 +110,39 @@ class CyclingLoader:
         for _ in range(int(state["position"])):
             next(self._it)
         self.position = int(state["position"])
+
+
+class Loaders:
+    """A level's data: one cycling loader, or several read in step (a tuple of batches)."""
+
+    def __init__(self, loaders: Any, owner: str) -> None:
+        self.owner = owner
+        self.many = isinstance(loaders, tuple)
+        given = () if loaders is None else loaders if self.many else (loaders,)
+        self.loaders = [CyclingLoader(ld, owner) for ld in given]
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def __getitem__(self, index: int) -> CyclingLoader:
+        return self.loaders[index]
+
+    def next(self) -> tuple[Any, bool]:
+        """The next batch (a tuple with several loaders), and whether the first loader began
+        a new epoch to serve it."""
+        if not self.loaders:
+            raise ValueError(
+                f"problem {self.owner!r} has no data: pass train_data_loader=, define "
+                "configure_train_data_loader(), or override get_batch()"
+            )
+        served = [loader.next() for loader in self.loaders]
+        batches = [batch for batch, _ in served]
+        return (tuple(batches) if self.many else batches[0]), served[0][1]
+
+    def state(self) -> list[dict[str, Any]]:
+        return [ld.state_dict() for ld in self.loaders]
+
+    def load(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continue every loader where ``states`` left it (changes the global RNG state)."""
+        for loader, state in zip(self.loaders, states, strict=True):
+            loader.load_state_dict(state)

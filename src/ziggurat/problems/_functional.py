@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +23,23 @@ from torch import Tensor, nn
 from .._types import InnerLoss, Params
 from ._reparametrize import call_substituted
 
-if TYPE_CHECKING:
-    from ._problem import Problem
+
+class Substitutable(Protocol):
+    """What a pure evaluation needs of a level: where its parameters live and its loss."""
+
+    @property
+    def module(self) -> nn.Module: ...
+
+    @property
+    def swaps_params(self) -> bool: ...
+
+    def swap_params(self, new: Params) -> Params: ...
+
+    def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor: ...
 
 
 @contextmanager
-def _swapped(problems: list[tuple[Problem, Params]]) -> Iterator[None]:
+def _swapped(problems: list[tuple[Substitutable, Params]]) -> Iterator[None]:
     saved = [(p, p.swap_params(t)) for p, t in problems]
     try:
         yield
@@ -37,21 +48,18 @@ def _swapped(problems: list[tuple[Problem, Params]]) -> Iterator[None]:
             p.swap_params(old)
 
 
-def _module(problem: Problem) -> nn.Module:
-    assert problem.module is not None
-    return problem.module
-
-
-def substituted_call(fn: Callable[[], Tensor], values: list[tuple[Problem, Params]]) -> Tensor:
+def substituted_call(
+    fn: Callable[[], Tensor], values: list[tuple[Substitutable, Params]]
+) -> Tensor:
     """Run ``fn`` with each problem's parameters replaced by the given tensors."""
-    modular = [(_module(p), t) for p, t in values if not p.swaps_params]
+    modular = [(p.module, t) for p, t in values if not p.swaps_params]
     swapped = [(p, t) for p, t in values if p.swaps_params]
     with _swapped(swapped):
         return call_substituted(fn, modular)
 
 
 def pure_loss(
-    lower: Problem, upper: Problem, batch: Any, full_precision: bool = False
+    lower: Substitutable, upper: Substitutable, batch: Any, full_precision: bool = False
 ) -> InnerLoss:
     """``f(w, lam)``: ``lower``'s loss on ``batch`` at parameters ``w`` and upper ``lam``.
 
@@ -68,7 +76,7 @@ def pure_loss(
 
 
 def pure_mean_loss(
-    lower: Problem, upper: Problem, batches: list[Any], full_precision: bool = False
+    lower: Substitutable, upper: Substitutable, batches: list[Any], full_precision: bool = False
 ) -> InnerLoss:
     """``f(w, lam)``: the mean of ``lower``'s loss over ``batches`` (an accumulation window)."""
     if len(batches) == 1:

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .._types import Params
-from ..hypergradient import HopContext, Method, adam_preconditioner
-from ._problem import HopKey, Problem
+from ..hypergradient import adam_preconditioner
+from ._problem import Problem
 
 
 class ImplicitProblem(Problem):
@@ -18,12 +18,6 @@ class ImplicitProblem(Problem):
     (``type`` or ``hypergradient=``). Its parameters are updated in place by its optimizer.
     """
 
-    def hop_context(self, method: Method, key: HopKey) -> HopContext:
-        context = super().hop_context(method, key)
-        if method.needs_preconditioner:
-            return HopContext(context.warm_start, self._adam_preconditioner())
-        return context
-
     def reads_last_grads(self) -> bool:
         """A method that needs a preconditioner (SAMA), with an Adam/AdamW optimizer, builds it
         from the last gradients."""
@@ -31,7 +25,7 @@ class ImplicitProblem(Problem):
         adam = isinstance(local, (torch.optim.Adam, torch.optim.AdamW))
         return adam and self.hop_method().needs_preconditioner
 
-    def _adam_preconditioner(self) -> Params | None:
+    def optimizer_preconditioner(self) -> Params | None:
         """SAMA's diagonal ``du/dg`` from the Adam/AdamW state, or ``None`` (identity).
 
         An optimizer that shards its state over data-parallel ranks (ZeRO) exposes the shard's
@@ -42,9 +36,9 @@ class ImplicitProblem(Problem):
         opt = self.optimizer
         local = getattr(opt, "local_optimizer", opt)
         sharded = local is not opt
-        if not isinstance(local, (torch.optim.Adam, torch.optim.AdamW)) or not self._last_grads:
+        last_grads = self._hops.last_grads
+        if not isinstance(local, (torch.optim.Adam, torch.optim.AdamW)) or not last_grads:
             return None
-        assert opt is not None
         groups = {id(p): g for g in opt.param_groups for p in g["params"]}
         params = self.named_trainable_parameters()
         # parameters that share a step count and a group get one call (one pass per operation
@@ -56,16 +50,15 @@ class ImplicitProblem(Problem):
             if not state and sharded:  # owned by another rank
                 zeros[k] = torch.zeros_like(p)
                 continue
-            if not state or k not in self._last_grads:
+            if not state or k not in last_grads:
                 return None
             batches.setdefault((int(state["step"]), id(groups[id(p)])), []).append(k)
         found = dict(zeros)
         for keys in batches.values():
-            found.update(_adam_diagonal(keys, params, local.state, self._last_grads, groups))
+            found.update(_adam_diagonal(keys, params, local.state, last_grads, groups))
         out = {k: found[k] for k in params}  # the parameters' order, as the tree ops expect
         if sharded:
-            assert self.engine is not None
-            out = self.engine.distributed.sum(out)
+            out = self.runtime.distributed.sum(out)
         return out
 
 

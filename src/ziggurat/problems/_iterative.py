@@ -9,21 +9,19 @@ reads this one differentiates through the whole trajectory (Maclaurin et al. 201
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import _rng, _tree
+from .. import _tree
 from .._types import Params
-from ..hypergradient import Method, Trajectory, _checkpoint
+from ..hypergradient import Method, Trajectory, segment_count
 from ..optim import FunctionalOptimizer, OptState, from_torch
 from . import _segments
 from ._data import to_device
 from ._problem import Problem
-
-if TYPE_CHECKING:
-    from ..engine import Engine
+from ._runtime import Runtime
 
 
 class IterativeProblem(Problem):
@@ -35,7 +33,8 @@ class IterativeProblem(Problem):
     MAML outer level) keeps them differentiable with respect to what they were built from.
     The module's own parameters are kept equal to ``self.params`` (detached) after every
     step, for evaluation. ``Config.type`` is not used: hops through this level follow its
-    recorded trajectory. Only ``torch.optim`` SGD, Adam and AdamW are supported.
+    recorded trajectory (:class:`~ziggurat.hypergradient.Trajectory`). Only ``torch.optim``
+    SGD, Adam and AdamW are supported.
 
     Gradient accumulation and ``Config.gradient_clipping`` (a differentiable global-norm clip)
     apply as for other problems; ``grad_callback`` runs after each gradient, which it can read
@@ -58,11 +57,7 @@ class IterativeProblem(Problem):
         self._fopt: FunctionalOptimizer | None = None
         self._opt_state: OptState | None = None
         self._pending: Params | None = None
-        # checkpointed unrolling (Config.checkpoint_segments): the open segment's start, and
-        # the micro-batches of its updates
-        self._segment_start: tuple[Params, OptState] | None = None
-        self._segment_updates: list[list[_segments.Micro]] = []
-        self._micro: list[_segments.Micro] = []
+        self._segments: _segments.SegmentRecorder | None = None  # checkpointed unrolling
 
     @property
     def params(self) -> Params:
@@ -73,7 +68,7 @@ class IterativeProblem(Problem):
         self._params = dict(value)
         self._params_assigned = True
 
-    def initialize(self, engine: Engine) -> None:
+    def initialize(self, engine: Runtime) -> None:
         if self.config.precision == "fp16":
             raise ValueError(
                 f"problem {self.name!r}: IterativeProblem cannot use precision='fp16' (a "
@@ -93,13 +88,16 @@ class IterativeProblem(Problem):
                 "differentiable optimizer copies the torch optimizer's settings once); use an "
                 "ImplicitProblem, or change the learning rate between runs"
             )
-        if self.checkpointed and engine.config.roll_back:
+        segments = self.config.checkpoint_segments
+        if segments is not None and engine.roll_back:
             raise ValueError(
                 f"problem {self.name!r}: checkpoint_segments cannot be combined with "
                 "EngineConfig(roll_back=True) (a redone step would change a recorded segment); "
                 "use one or the other"
             )
-        assert self.optimizer is not None
+        if segments is not None:
+            steps = self.config.unroll_steps
+            self._segments = _segments.SegmentRecorder(-(-steps // segment_count(steps, segments)))
         self._fopt = from_torch(self.optimizer)
         self._params = _tree.leaves(super().named_trainable_parameters())
         self._opt_state = self._fopt.init(_tree.detach(self._params))
@@ -112,7 +110,6 @@ class IterativeProblem(Problem):
         return old
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        assert self.module is not None
         return torch.func.functional_call(self.module, self._params, args, kwargs)
 
     def hop_method(self) -> Method:
@@ -121,7 +118,7 @@ class IterativeProblem(Problem):
     @property
     def checkpointed(self) -> bool:
         """Whether the inner loop is unrolled in checkpointed segments (``_segments``)."""
-        return self.config.checkpoint_segments is not None
+        return self._segments is not None
 
     def begin_inner_loop(self) -> None:
         if self._params_assigned:
@@ -130,7 +127,6 @@ class IterativeProblem(Problem):
             # loss also reads the tensor the loop started from (an upper level's parameters)
             self._params = {k: t.clone() if t.requires_grad else t for k, t in self._params.items()}
         else:
-            assert self.module is not None
             live = {k: p for k, p in self.module.named_parameters() if k in self._params}
             # own storage: the module is overwritten in place after every step, and the graph
             # of the loop must keep the values it started from
@@ -139,63 +135,12 @@ class IterativeProblem(Problem):
         assert self._opt_state is not None
         self._opt_state = self._opt_state.detach()
         self._pending = None
-        if self.checkpointed:
-            self._open_segment()
-
-    def _open_segment(self) -> None:
-        """Remember where a segment starts; its steps then run on graph-free copies."""
-        assert self._opt_state is not None
-        self._segment_start = (self._params, self._opt_state)
-        self._segment_updates, self._micro = [], []
-        self._params = _tree.leaves(self._params)
-        self._opt_state = self._opt_state.detach()
-
-    def _segment_length(self) -> int:
-        segments = _checkpoint.segment_count(self.config.unroll_steps, self.checkpoint_option)
-        return -(-self.config.unroll_steps // segments)
-
-    @property
-    def checkpoint_option(self) -> int | str:
-        option = self.config.checkpoint_segments
-        assert option is not None
-        return option
-
-    def _close_segment(self) -> None:
-        """Wrap the open segment's updates in one replayable autograd node."""
-        assert self._segment_start is not None and self._fopt is not None
-        assert self._opt_state is not None and self.engine is not None
-        start_w, start_state = self._segment_start
-        buffer_keys, buffers = _segments.flat_buffers(self._opt_state)
-        context = [
-            t
-            for p in self.engine.problems
-            if p is not self
-            for t in p.trainable_parameters()
-            if t.requires_grad
-        ]
-        plan = _segments.Plan(
-            update=_segments.update_fn(
-                self.loss_of,
-                self.swap_params,
-                self._fopt,
-                self.config.gradient_accumulation,
-                self._clip,
-                self.device or torch.device("cpu"),
-            ),
-            step=start_state.step,
-            keys=list(self._params),
-            start_buffer_keys=_segments.flat_buffers(start_state)[0],
-            buffer_keys=buffer_keys,
-            updates=self._segment_updates,
-            context=context,
-            outputs=[t.detach() for t in self._params.values()] + [t.detach() for t in buffers],
-        )
-        self._params, self._opt_state = _segments.close(plan, start_w, start_state)
-        self._segment_start = None
+        if self._segments is not None:
+            self._params, self._opt_state = self._segments.open(self._params, self._opt_state)
 
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        if self.checkpointed and self._training:
-            self._micro.append((batch, _rng.torch_states(self.device or torch.device("cpu"))))
+        if self._segments is not None and self._training:
+            self._segments.record(batch, self.device or torch.device("cpu"))
         return super().get_loss(batch)
 
     def gradients(self, loss: Tensor) -> Params:
@@ -213,12 +158,9 @@ class IterativeProblem(Problem):
                 "unrolled steps would not move; in an IterativeProblem evaluate the model as "
                 "self(x) (or self.forward(x)), not self.module(x), whose parameters are detached"
             )
-        out = _tree.fill_none(grads, self._params)
-        if self.engine is not None and self.engine.distributed.world_size > 1:
-            # data parallel: the step uses the global batch's gradient, and the upper level's
-            # backward pass through it all-reduces its cotangents (exact, see _distributed)
-            out = self.engine.distributed.average_differentiable(out)
-        return out
+        # data parallel: the step uses the global batch's gradient, and the upper level's
+        # backward pass through it all-reduces its cotangents (exact, see systems._group)
+        return self.runtime.distributed.average_differentiable(_tree.fill_none(grads, self._params))
 
     @property
     def pending_grads(self) -> Params | None:
@@ -233,41 +175,52 @@ class IterativeProblem(Problem):
         if not boundary:
             return
         assert self._fopt is not None and self._opt_state is not None
-        if self.checkpointed:
-            self._checkpointed_update()
+        clipped = self._clip(self._pending)
+        if self._segments is not None:
+            self._checkpointed_update(self._segments, clipped)
         else:
-            self._params, self._opt_state = self._fopt.step(
-                self._params, self._clip(self._pending), self._opt_state
-            )
+            self._params, self._opt_state = self._fopt.step(self._params, clipped, self._opt_state)
         self._pending = None
         self._sync_module()
         self.param_callback()
 
     def _clip(self, grads: Params) -> Params:
         if self.config.gradient_clipping > 0:
-            return clip_by_global_norm(grads, self.config.gradient_clipping)
+            return _tree.clip_by_global_norm(grads, self.config.gradient_clipping)
         return grads
 
-    def _checkpointed_update(self) -> None:
+    def _checkpointed_update(self, segments: _segments.SegmentRecorder, grads: Params) -> None:
         """One graph-free update; a segment closes after its share of the inner loop's updates
         and when the inner loop ends (the upper levels then read the result)."""
         assert self._fopt is not None and self._opt_state is not None
-        assert self._pending is not None
-        with torch.no_grad():
-            w, state = self._fopt.step(
-                _tree.detach(self._params), self._clip(self._pending), self._opt_state
-            )
-        self._params, self._opt_state = _tree.leaves(w), state.detach()
-        self._segment_updates.append(self._micro)
-        self._micro = []
-        if self.inner_loop_ends():
-            self._close_segment()
-        elif len(self._segment_updates) == self._segment_length():
-            self._close_segment()
-            self._open_segment()
+        self._params, self._opt_state = segments.update(
+            self._fopt, self._params, grads, self._opt_state
+        )
+        ends = self.inner_loop_ends()
+        if not (ends or segments.full):
+            return
+        update = _segments.update_fn(
+            self.loss_of,
+            self.swap_params,
+            self._fopt,
+            self.config.gradient_accumulation,
+            self._clip,
+            self.device or torch.device("cpu"),
+        )
+        context = [
+            t
+            for p in self.runtime.problems
+            if p is not self
+            for t in p.trainable_parameters()
+            if t.requires_grad
+        ]
+        self._params, self._opt_state = segments.close(
+            update, self._params, self._opt_state, context
+        )
+        if not ends:
+            self._params, self._opt_state = segments.open(self._params, self._opt_state)
 
     def _sync_module(self) -> None:
-        assert self.module is not None
         with torch.no_grad():
             for k, p in self.module.named_parameters():
                 if k in self._params:
@@ -308,6 +261,29 @@ class IterativeProblem(Problem):
                 f"problem {self.name!r}: the state's parameters {sorted(state['params'])} are "
                 f"not this problem's {sorted(self._params)}"
             )
+
+    def written_gradients(self) -> Params:
+        """None: the gradients of an open window are :attr:`pending_grads`, saved with the
+        unrolled state."""
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The base entry, with the unrolled state and pending gradients under ``iterative``
+        (a roll-back cache is not saved: it is only held inside one engine iteration)."""
+        state = super().checkpoint_state()
+        pending = self._pending
+        state["cache"] = None
+        state["iterative"] = {
+            **self.unrolled_state(),
+            "pending": None if pending is None else _tree.detach(pending),
+        }
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().load_checkpoint_state(state)
+        unrolled = to_device(state["iterative"], self.device)
+        self.load_unrolled_state(unrolled)
+        self._pending = unrolled["pending"]
 
     def state_dict(self) -> dict[str, Any]:
         """``Problem.state_dict`` plus what lives outside the module and torch optimizer: the
@@ -352,18 +328,10 @@ class IterativeProblem(Problem):
         """The differentiable optimizer's state for ``param`` (a module parameter or an entry
         of ``params``): ``step`` and the buffers of that tensor, as ``torch.optim`` names them.
         """
-        assert self.module is not None and self._opt_state is not None
+        assert self._opt_state is not None
         named = [*self.module.named_parameters(), *self._params.items()]
         name = next((k for k, t in named if t is param), None)
         if name is None or name not in self._params:
             raise ValueError(f"problem {self.name!r}: the tensor is not one of its parameters")
         state = self._opt_state
         return {"step": state.step, **{b: tree[name] for b, tree in state.buffers.items()}}
-
-
-def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
-    """``grads * min(1, max_norm / (||grads|| + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``
-    scales, but out of place and differentiable (an unrolled step's derivative includes the
-    clipping's)."""
-    coef = torch.clamp(max_norm / (_tree.norm(grads) + 1e-6), max=1.0)
-    return _tree.scale(grads, coef)

@@ -3,46 +3,36 @@
 A problem owns a module, an optimizer, an optional scheduler and its data. Users write
 ``training_step(batch)``; the engine schedules ``step()``. Gradients are written and optimizers
 stepped in exactly one place, :meth:`Problem._apply_gradients`; all hypergradient mathematics is
-delegated to the functional core (:func:`ziggurat.hypergradient.fold`).
+delegated to the functional core (:func:`ziggurat.hypergradient.fold`). The parts a level is
+made of live in their own modules: its clock (``_clock``), where its parameters live
+(``_params``), its precision (``_precision``), the checks of its components (``_components``)
+and the pieces of its checkpoint entry (``_state``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import _tree
+from .._schedulers import steps_per_update
 from .._types import Params
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
-from ._data import CyclingLoader, to_device
-from ._helpers import ProblemHelpers
-from ._hypergrad import HopKey, total_gradient
-from ._schedulers import steps_per_update
-
-if TYPE_CHECKING:
-    from ..engine import Engine
-
-log = logging.getLogger("ziggurat")
-
-
-_RESERVED = frozenset(dir(object)) | {
-    "engine",
-    "module",
-    "optimizer",
-    "scheduler",
-    "config",
-    "scaler",
-}
+from . import _components, _output, _state
+from ._betty_helpers import BettyHelpers
+from ._clock import InnerLoopClock
+from ._data import Loaders, to_device
+from ._hops import HopKey, HopMemory
+from ._params import ModuleParameters
+from ._precision import Precision, widen
+from ._runtime import HypergradientRecord, Runtime, resolve
+from ._total_gradient import total_gradient
 
 
-class Problem(ProblemHelpers):
+class Problem(BettyHelpers):
     """One level of a multilevel program.
 
     Args:
@@ -59,9 +49,13 @@ class Problem(ProblemHelpers):
     Hooks (all optional, documented no-ops unless stated): ``on_inner_loop_start``,
     ``grad_callback``, ``param_callback``, ``epoch_callback``, ``custom_optimizer_step``
     (default: ``optimizer.step()``), ``param_groups`` and the ``configure_*`` family.
+    ``module`` and ``optimizer`` are ``None`` until the engine initialises the problem when they
+    come from those hooks.
     """
 
     params_live_in_module = True
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
 
     def __init__(
         self,
@@ -74,26 +68,16 @@ class Problem(ProblemHelpers):
         extra_config: Any = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"problem name must be a Python identifier, got {name!r}")
-        if name in _RESERVED or hasattr(type(self), name):
-            raise ValueError(
-                f"problem name {name!r} clashes with an attribute of {type(self).__name__}; "
-                "choose another name"
-            )
-        if config is not None and not isinstance(config, Config):
-            raise TypeError(
-                f"problem {name!r}: config must be a Config, got {type(config).__name__}"
-            )
+        _components.check_construction(type(self), name, config)
         self._name = name
         self._config = config if config is not None else Config()
-        self.module = module
-        self.optimizer = optimizer
+        self.module = module  # type: ignore[assignment]  # resolved by initialize
+        self.optimizer = optimizer  # type: ignore[assignment]
         self.scheduler = scheduler
         self.train_data_loader = train_data_loader
         self.cfg = extra_config
         self.device = torch.device(device) if device is not None else None
-        self.engine: Engine | None = None
+        self.engine: Runtime | None = None
         self.env: Any = None
         self.cur_batch: Any = None
         self.children: list[Problem] = []
@@ -103,21 +87,21 @@ class Problem(ProblemHelpers):
         self.last_hop_info: list[HopInfo] = []
         self.last_loss: float = math.nan
         self.last_metrics: dict[str, float] = {}
-        self._count = 0
-        self._global_step = 0
-        self._inner_loop_start = True
         self._training = True
-        self._loaders: list[CyclingLoader] = []
-        self._warm_starts: dict[HopKey, Params] = {}
-        self._cache: dict[str, Any] | None = None
-        self._last_grads: Params | None = None
-        self.scaler: torch.amp.GradScaler | None = None
+        self._method: Method | None = None
+        self._cache: dict[str, Any] | None = None  # roll-back state
         self._hypergradient_norm: Tensor | float = math.nan
-        self._window: list[Any] = []  # batches of the current accumulation window
-        self._window_closed = True
-        self._shards: Params | None = None  # FSDP2-sharded parameters (strategy="fsdp")
+        # the parts a level is made of, each owning its state
+        self._clock = InnerLoopClock()
+        self._parameters = ModuleParameters()
+        self._hops = HopMemory()
+        self._loaders = Loaders(None, name)
+        self._precision = Precision(
+            self._config.precision,
+            initial_scale=self._config.initial_dynamic_scale,
+            growth_factor=self._config.scale_factor,
+        )
 
-    # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any) -> Tensor | dict[str, Any]:
         """Return this level's loss on ``batch`` (a scalar, or a dict with ``"loss"``)."""
         raise NotImplementedError(
@@ -159,7 +143,6 @@ class Problem(ProblemHelpers):
         ``param_callback`` follow. An override cannot be combined with ``precision="fp16"``
         (refused when the engine is built), whose GradScaler takes the step itself.
         """
-        assert self.optimizer is not None
         return self.optimizer.step()
 
     def param_groups(self) -> list[dict[str, Any]] | None:
@@ -173,33 +156,18 @@ class Problem(ProblemHelpers):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """What ``self.<name>(...)`` computes in other problems: the module's forward."""
-        assert self.module is not None
         return self.module(*args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    # ------------------------------------------------------------------ names
     def __getattr__(self, item: str) -> Any:
-        # only reached when normal lookup fails: resolve other problems by name
-        if item.startswith("_") or item == "env":
+        # only reached when normal lookup fails: other problems by name
+        if item == "env":
             raise AttributeError(item)
-        engine = self.__dict__.get("engine")
-        if engine is not None:
-            found = engine.problem_by_name(item)
-            if found is not None:
-                return found
-            known = sorted(engine.problem_names())
-            raise AttributeError(
-                f"problem {self.__dict__['_name']!r} has no attribute or problem named {item!r}; "
-                f"known problems: {known}"
-            )
-        raise AttributeError(
-            f"{type(self).__name__} {self.__dict__.get('_name')!r} has no attribute {item!r} "
-            "(other problems are reachable by name once an Engine holds this problem)"
-        )
+        owner = f"problem {self.__dict__.get('_name')!r}"
+        return resolve(self.__dict__.get("engine"), item, owner)
 
-    # ------------------------------------------------------------------ properties
     @property
     def name(self) -> str:
         return self._name
@@ -209,13 +177,14 @@ class Problem(ProblemHelpers):
         return self._config
 
     @property
-    def count(self) -> int:
-        """Local steps taken in training mode."""
-        return self._count
-
-    @property
-    def leaf(self) -> bool:
-        return not self.children
+    def runtime(self) -> Runtime:
+        """The engine running this problem; an error before one holds it."""
+        if self.engine is None:
+            raise RuntimeError(
+                f"problem {self._name!r} is not part of an Engine yet; build "
+                "Engine(problems=[...]) before stepping it"
+            )
+        return self.engine
 
     @property
     def last_hypergradient_norm(self) -> float:
@@ -231,252 +200,73 @@ class Problem(ProblemHelpers):
         """Record the last step's hypergradient norm (read as :attr:`last_hypergradient_norm`)."""
         self._hypergradient_norm = norm
 
-    @property
-    def training(self) -> bool:
-        return self._training
-
-    def is_rank_zero(self) -> bool:
-        """Whether this process is rank 0 of the engine's group (always, on one process)."""
-        return self.engine is None or self.engine.is_rank_zero()
-
-    def train(self) -> None:
-        self._training = True
-        if self.module is not None:
-            self.module.train()
-
-    def eval(self) -> None:
-        self._training = False
-        if self.module is not None:
-            self.module.eval()
-
-    # ------------------------------------------------------------------ parameters
     def named_trainable_parameters(self) -> Params:
         """This level's trainable tensors, by name (what its optimizer updates)."""
-        if self._shards is not None:
-            return dict(self._shards)
-        assert self.module is not None
-        return {k: p for k, p in self.module.named_parameters() if p.requires_grad}
+        return self._parameters.named(self.module)
 
     @property
     def sharded(self) -> bool:
         """Whether the engine sharded this level's module with FSDP2 (``strategy="fsdp"``)."""
-        return self._shards is not None
+        return self._parameters.sharded
 
     def use_shards(self, shards: Params) -> None:
         """Make ``shards`` (the module's FSDP2-sharded parameters, DTensors) this level's
-        trainable tensors.
-
-        They are kept here because, between a forward pass and the end of its backward pass,
-        the module's own attributes hold the unsharded (all-gathered) parameters instead.
-        """
-        self._shards = {k: p for k, p in shards.items() if p.requires_grad}
-
-    def trainable_parameters(self) -> list[Tensor]:
-        return list(self.named_trainable_parameters().values())
-
-    def parameters(self) -> list[Tensor]:
-        assert self.module is not None
-        return list(self.module.parameters())
+        trainable tensors (see :class:`~ziggurat.problems._params.ModuleParameters`)."""
+        self._parameters.use_shards(shards)
 
     @property
     def swaps_params(self) -> bool:
         """Whether pure evaluations put values in with :meth:`swap_params` instead of
-        substituting them through ``torch.func.functional_call``.
-
-        True for dict-held parameters (``IterativeProblem``) and for FSDP2-sharded modules,
-        whose unsharding hooks would override a functional substitution.
-        """
+        substituting them through ``torch.func.functional_call``: true for dict-held
+        parameters (``IterativeProblem``) and for FSDP2-sharded modules, whose unsharding hooks
+        would override a functional substitution."""
         return not self.params_live_in_module or self.sharded
 
     def swap_params(self, new: Params) -> Params:
         """Put ``new`` in place of this level's parameters for a pure evaluation; return the
-        values to put back.
-
-        A sharded module's parameters (DTensors) are overwritten in place, without autograd:
-        only first-order methods run on sharded levels, and they never differentiate a pure
-        loss with respect to its ``w``.
-        """
+        values to put back (sharded modules: overwritten in place, without autograd)."""
         if not self.sharded:
             raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
-        live = self.named_trainable_parameters()
-        with torch.no_grad():
-            old = {k: live[k].detach().clone() for k in new}
-            for k, t in new.items():
-                live[k].copy_(t)
-        return old
+        return self._parameters.overwrite(new)
 
-    # ------------------------------------------------------------------ setup
-    def initialize(self, engine: Engine) -> None:
+    def initialize(self, engine: Runtime) -> None:
         """Resolve components, move to the device and validate; called by the engine."""
         if type(self).training_step is Problem.training_step:
             self.training_step(None)  # raises the error that names the problem and the fix
         self.engine = engine
         self.device = self.device or engine.device
-        if self.module is None:
-            self.module = self.configure_module()
-        self._check_component("module", self.module, nn.Module, "an nn.Module")
-        assert self.module is not None
-        before = {id(p) for p in self.module.parameters()}
-        self.module.to(self.device)
-        moved = {id(p) for p in self.module.parameters()} != before
-        if self.optimizer is None:
-            self.optimizer = self.configure_optimizer()
-        self._check_component(
-            "optimizer", self.optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer"
-        )
-        self._check_optimizer_holds_parameters(replaced=moved)
-        if self.scheduler is None:
-            self.scheduler = self.configure_scheduler()
-        if self.train_data_loader is None:
-            self.train_data_loader = self.configure_train_data_loader()
-        self._setup_loaders()
-        self._check_custom_step()
-        self._check_precision()
-        self.scaler = self._make_scaler()
+        overrides = type(self).custom_optimizer_step is not Problem.custom_optimizer_step
+        _components.resolve(self, overrides_step=overrides)
+        self._loaders = Loaders(self.train_data_loader, self._name)
+        self._precision.place(self.device)
+        self._method = self._config.method()
 
-    def _check_component(self, what: str, value: Any, kind: type, kind_name: str) -> None:
-        if value is None:
-            raise ValueError(
-                f"problem {self._name!r} has no {what}: pass {what}= or define configure_{what}()"
-            )
-        if not isinstance(value, kind):
-            raise TypeError(
-                f"problem {self._name!r}: got {type(value).__name__} as its {what}; expected "
-                f"{kind_name} (from {what}= or configure_{what}())"
-            )
-
-    def _check_optimizer_holds_parameters(self, replaced: bool = False) -> None:
-        """Every trainable parameter of the module must be in the optimizer.
-
-        A level's gradients (direct and hypergradient) are written on every trainable
-        parameter, and its hops differentiate through all of them; one the optimizer does not
-        hold would never be cleared or stepped by it (its ``.grad`` would grow without bound
-        and enter clipping) or, in an unrolled level, would still be updated.
-        """
-        assert self.module is not None and self.optimizer is not None
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        missing = [
-            k for k, p in self.module.named_parameters() if p.requires_grad and id(p) not in held
-        ]
-        if missing and replaced:
-            raise ValueError(
-                f"problem {self._name!r}: moving its module to {self.device} replaced its "
-                "parameter tensors (module.to does so between incompatible tensor types), so "
-                "its optimizer holds the old ones; build the optimizer in configure_optimizer(), "
-                "which runs after the move, or move the module before building the optimizer"
-            )
-        if missing:
-            shown = ", ".join(repr(k) for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise ValueError(
-                f"problem {self._name!r}: {len(missing)} trainable parameter(s) of its module are "
-                f"not in its optimizer ({shown}); a level trains and differentiates through "
-                "every parameter with requires_grad=True. Add them to the optimizer, or freeze "
-                "them with requires_grad_(False) before building the engine"
-            )
-
-    def _check_custom_step(self) -> None:
-        overridden = type(self).custom_optimizer_step is not Problem.custom_optimizer_step
-        if overridden and self._config.precision == "fp16":
-            raise ValueError(
-                f"problem {self._name!r} overrides custom_optimizer_step, which cannot be "
-                "combined with precision='fp16': the GradScaler must take the step itself, to "
-                "skip it when the unscaled gradients are not finite. Use precision='bf16' or "
-                "'fp32', or remove the override"
-            )
-
-    def _setup_loaders(self) -> None:
-        loaders = self.train_data_loader
-        if loaders is None:
-            self._loaders = []
-            return
-        many = isinstance(loaders, tuple)
-        self._loaders = [CyclingLoader(ld, self._name) for ld in (loaders if many else (loaders,))]
-        self._multi_loader = many
-
-    def _check_precision(self) -> None:
-        assert self.device is not None
-        if self._config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError(
-                f"problem {self._name!r}: precision='fp16' needs a CUDA device (GradScaler); "
-                f"this problem runs on {self.device.type}. Use precision='bf16' or 'fp32'"
-            )
-
-    def _make_scaler(self) -> torch.amp.GradScaler | None:
-        """fp16 (CUDA only): a GradScaler scales the loss and unscales before the update."""
-        if self._config.precision != "fp16":
-            return None
-        return torch.amp.GradScaler(
-            "cuda",
-            init_scale=self._config.initial_dynamic_scale,
-            growth_factor=self._config.scale_factor,
-        )
-
-    # ------------------------------------------------------------------ data and loss
     def get_batch(self) -> Any:
         """The next batch from the loader(s), moved to the device."""
-        if not self._loaders:
-            raise ValueError(
-                f"problem {self._name!r} has no data: pass train_data_loader=, define "
-                "configure_train_data_loader(), or override get_batch()"
-            )
-        batches = []
-        for i, loader in enumerate(self._loaders):
-            batch, wrapped = loader.next()
-            if wrapped and i == 0:
-                self.epoch_callback()
-            batches.append(batch)
-        batch = tuple(batches) if self._multi_loader else batches[0]
+        batch, new_epoch = self._loaders.next()
+        if new_epoch:
+            self.epoch_callback()
         return to_device(batch, self.device)
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> Any:
         """The autocast context of this problem's precision (a no-op for fp32)."""
-        assert self.device is not None
-        if self._config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self._config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return self._precision.autocast()
+
+    def evaluate(self, batch: Any, full_precision: bool = False) -> tuple[Tensor, dict[str, float]]:
+        """``training_step(batch)``'s scalar loss (widened to fp32) and metrics, under this
+        problem's autocast unless ``full_precision``; changes no state of the problem."""
+        if full_precision:
+            out = self.training_step(batch)
+        else:
+            with self._precision.autocast():
+                out = self.training_step(batch)
+        loss, metrics = _output.split_output(out, self._name)
+        return widen(loss), metrics
 
     def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor:
-        """Run ``training_step`` and return its scalar loss, checked; under this problem's
-        autocast unless ``full_precision``."""
-        with contextlib.nullcontext() if full_precision else self.autocast():
-            out = self.training_step(batch)
-        loss, metrics = self._split_output(out)
-        self.last_metrics = metrics
-        # a reduced-precision loss is widened so gradients, cotangents and solves stay fp32
-        return loss.float() if loss.dtype in (torch.bfloat16, torch.float16) else loss
+        """:meth:`evaluate`'s loss alone: what pure losses and replays evaluate."""
+        return self.evaluate(batch, full_precision)[0]
 
-    def _split_output(self, out: Any) -> tuple[Tensor, dict[str, float]]:
-        metrics: dict[str, float] = {}
-        if isinstance(out, dict):
-            if "loss" not in out:
-                raise ValueError(
-                    f"problem {self._name!r}: training_step returned a dict without 'loss' "
-                    f"(keys {sorted(out)}); add the loss under 'loss'"
-                )
-            metrics = {k: _as_float(v) for k, v in out.items() if k != "loss"}
-            out = out["loss"]
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"problem {self._name!r}: training_step must return a tensor or a dict with "
-                f"'loss', got {type(out).__name__}"
-            )
-        if out.numel() != 1:
-            raise ValueError(
-                f"problem {self._name!r}: training_step returned a loss of shape "
-                f"{tuple(out.shape)}; return a scalar (e.g. loss.mean())"
-            )
-        return out.reshape(()), metrics
-
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"problem {self._name!r}: loss is {loss} at global step "
-                f"{self._global_step}, local step {self._count}; lower the learning rate, "
-                "clip gradients (Config(gradient_clipping=...)) or check the data"
-            )
-
-    # ------------------------------------------------------------------ scheduling
     def step(self, global_step: int | None = None) -> None:
         """One local step if every lower problem is ready; may trigger the upper problems.
 
@@ -486,20 +276,20 @@ class Problem(ProblemHelpers):
         which then steps immediately, depth first.
         """
         if global_step is not None:
-            self._global_step = global_step
+            self._clock.global_step = global_step
         if not all(self.ready.values()):
             return
-        if self._inner_loop_start:
+        if self._clock.inner_loop_start:
             self.on_inner_loop_start()
             self.begin_inner_loop()
-            self._inner_loop_start = False
+            self._clock.inner_loop_start = False
         if self._training:
-            self._count += 1
+            self._clock.count += 1
         self.one_step_descent()
         if self._training:
             self._maybe_log()
-            if self.last_hop_info and self.engine is not None:
-                self.engine.log_hypergradient(self)
+            if self.last_hop_info:
+                self._log_hypergradient()
             self._notify_parents()
         self.ready = dict.fromkeys(self.ready, False)
 
@@ -508,14 +298,15 @@ class Problem(ProblemHelpers):
         """Whether no inner loop is open: every local step since the last signal to the upper
         levels has been signalled (warm-up steps count as open), no gradient-accumulation
         window is open and no roll-back cache is held. True before the first step."""
-        return self._inner_loop_start and self._window_closed and self._cache is None
+        clock = self._clock
+        return clock.inner_loop_start and clock.window_closed and self._cache is None
 
     def clear_dependencies(self) -> None:
         """Forget children, parents, paths, readiness flags and hypergradient warm starts
         (the engine re-wires them; see ``Engine.set_dependency``)."""
         self.children, self.parents, self.paths = [], [], []
         self.ready = {}
-        self._warm_starts = {}
+        self._hops.warm_starts = {}
         self.last_hop_info = []
 
     def begin_inner_loop(self) -> None:
@@ -524,20 +315,22 @@ class Problem(ProblemHelpers):
             self._cache = self.cache_states()
 
     def _rolls_back(self) -> bool:
-        return bool(self.parents) and self.engine is not None and self.engine.config.roll_back
+        return bool(self.parents) and self.engine is not None and self.engine.roll_back
 
     def inner_loop_ends(self) -> bool:
         """Whether the local step just taken ends an inner loop (the uppers step next)."""
-        period = self._config.unroll_steps * self._config.gradient_accumulation
-        return self._count % period == 0 and self._count > self._config.warmup_steps
+        cfg = self._config
+        return self._clock.inner_loop_ends(
+            cfg.unroll_steps, cfg.gradient_accumulation, cfg.warmup_steps
+        )
 
     def _notify_parents(self) -> None:
         if not self.inner_loop_ends():
             return
         for parent in self.parents:
             parent.ready[self._name] = True
-            parent.step(self._global_step)
-        self._inner_loop_start = True
+            parent.step(self._clock.global_step)
+        self._clock.inner_loop_start = True
         if self._rolls_back() and self._cache is not None:
             self.step_after_roll_back()
 
@@ -550,36 +343,19 @@ class Problem(ProblemHelpers):
 
     def _own_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer holding this process's state (its shard under ZeRO)."""
-        assert self.optimizer is not None
         local: torch.optim.Optimizer = getattr(self.optimizer, "local_optimizer", self.optimizer)
         return local
 
-    def cache_states(self) -> dict[str, Any]:
-        """Module and optimizer state for roll-back (per rank: no collective is needed)."""
-        assert self.module is not None
-        return {
-            "module": copy.deepcopy(self.module.state_dict()),
-            "optimizer": copy.deepcopy(self._own_optimizer().state_dict()),
-        }
-
-    def recover_states(self, cache: dict[str, Any]) -> None:
-        assert self.module is not None
-        self.module.load_state_dict(cache["module"])
-        self._own_optimizer().load_state_dict(cache["optimizer"])
-
-    # ------------------------------------------------------------------ one step
     def one_step_descent(self, batch: Any = None, fresh: bool = False) -> None:
         """Batch, loss, gradients (with hypergradients), and an update at accumulation ends."""
         self.cur_batch = self.get_batch() if batch is None else batch
-        if self._window_closed:
-            self._window = []
-        self._window.append(self.cur_batch)
+        self._clock.add_batch(self.cur_batch)
         scaled, stats = self.get_loss(self.cur_batch)
         self.last_loss = stats["loss"]
         grads = self.gradients(scaled)
-        boundary = fresh or self._count % self._config.gradient_accumulation == 0
+        boundary = fresh or self._clock.count % self._config.gradient_accumulation == 0
         # with roll-back the scheduler steps once, after the redone step (as in Betty)
-        self._window_closed = boundary
+        self._clock.window_closed = boundary
         self._apply_gradients(grads, boundary, step_scheduler=fresh or not self._rolls_back())
 
     def hop_batches(self) -> list[Any]:
@@ -588,26 +364,34 @@ class Problem(ProblemHelpers):
         With ``gradient_accumulation=k`` the update averages ``k`` micro-batch gradients, so the
         best response the upper differentiates is that of the mean loss over the ``k`` batches.
         """
-        return self._window if self._window else [self.cur_batch]
+        return self._clock.window if self._clock.window else [self.cur_batch]
 
     def gradients(self, loss: Tensor) -> Params:
         """Direct gradient of ``loss`` plus, over every path, the folded hypergradient."""
         return total_gradient(self, loss)
 
     def hop_method(self) -> Method:
-        """The method for hops where this problem is the lower level (from its config)."""
-        return self._config.method()
+        """The method of hops where this problem is the lower level, built from its config
+        when the engine initialised it (the object that runs)."""
+        if self._method is None:
+            self._method = self._config.method()
+        return self._method
 
     def hop_context(self, method: Method, key: HopKey) -> HopContext:
-        """Per-hop state: the previous solution, for solvers that warm-start."""
-        return HopContext(warm_start=self._warm_starts.get(key))
+        """Per-hop state: the previous solution, for methods that warm-start, and the
+        optimizer's preconditioner, for methods that need one."""
+        wanted = method.needs_preconditioner
+        return self._hops.context(key, self.optimizer_preconditioner() if wanted else None)
+
+    def optimizer_preconditioner(self) -> Params | None:
+        """A diagonal built from this level's optimizer state for methods that need one
+        (``Method.needs_preconditioner``), or ``None`` for the identity. Default: ``None``."""
+        return None
 
     def remember_hop(self, key: HopKey, method: Method, info: HopInfo) -> None:
         """Keep a hop's solution when the method warm-starts from it."""
-        if method.warm_starts and info.solution is not None:
-            self._warm_starts[key] = _tree.detach(info.solution)
+        self._hops.remember(key, method, info)
 
-    # ------------------------------------------------------------------ the update
     def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:
         """The one place that writes ``.grad`` and steps the optimizer."""
         params = self.named_trainable_parameters()
@@ -617,23 +401,19 @@ class Problem(ProblemHelpers):
         self.grad_callback()
         if not boundary:
             return
-        assert self.optimizer is not None
-        if self.engine is not None:  # one average over data-parallel ranks per update
-            self.engine.distributed.average_grads(params.values())
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        precision, group = self._precision, self.runtime.distributed
+        group.average_grads(params.values())  # one average over data-parallel ranks per update
+        precision.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
-        self._last_grads = self._snapshot_grads(params) if self.reads_last_grads() else None
-        if self.scaler is not None:  # fp16: the default step (an override is refused)
-            self.scaler.step(self.optimizer)  # skipped when the unscaled gradients are not finite
-            self.scaler.update()
+        self._hops.last_grads = self._snapshot_grads(params) if self.reads_last_grads() else None
+        if precision.owns_step():  # fp16: the default step (an override is refused)
+            precision.step(self.optimizer)  # skipped when the unscaled gradients are not finite
         else:
             self.custom_optimizer_step()
         self.param_callback()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.engine is not None and self.module is not None:
-            self.engine.distributed.sync_buffers(self.module)
+        group.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
             self.scheduler.step()
 
@@ -647,45 +427,46 @@ class Problem(ProblemHelpers):
 
     @staticmethod
     def _snapshot_grads(params: Params) -> Params:
-        return {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
+        return _state.grads_of(params)
 
-    # ------------------------------------------------------------------ logging
+    def written_gradients(self) -> Params:
+        """Copies of the gradients written since the last update (an open window's)."""
+        return _state.grads_of(self.named_trainable_parameters())
+
+    def _log_step(self) -> int:
+        return self._clock.count if self._config.log_local_step else self._clock.global_step
+
     def _maybe_log(self) -> None:
         every = self._config.log_step
-        if every <= 0 or self._count % every != 0:
+        if every <= 0 or self._clock.count % every != 0:
             return
-        step = self._count if self._config.log_local_step else self._global_step
         stats = {"loss": self.last_loss, **self.last_metrics}
-        if self.engine is not None:
-            self.engine.log_metrics(self._name, stats, step)
+        self.runtime.log_metrics(self._name, stats, self._log_step())
 
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        assert self.module is not None and self.optimizer is not None
-        out: dict[str, Any] = {
-            "module": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
-        if self.scheduler is not None:
-            out["scheduler"] = self.scheduler.state_dict()
-        if self.scaler is not None:
-            out["scaler"] = self.scaler.state_dict()
-        return out
+    def _log_hypergradient(self) -> None:
+        every = self._config.log_step
+        console = every > 0 and self._clock.count % every == 0
+        record = HypergradientRecord(
+            self._name, self._log_step(), console, self._hypergradient_norm, self.last_hop_info
+        )
+        self.runtime.log_hypergradient(record)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.module is not None and self.optimizer is not None
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
+    def checkpoint_state(self) -> dict[str, Any]:
+        """This level's entry in an engine checkpoint (tensors and plain containers); a
+        collective for an FSDP2-sharded level, whose entry holds full tensors."""
+        return _state.entry(self)
+
+    def rank_state(self) -> dict[str, Any]:
+        """The entries of :meth:`checkpoint_state` that differ between data-parallel ranks."""
+        return _state.rank_entries(self)
+
+    def check_checkpoint_state(self, state: dict[str, Any], where: str) -> None:
+        """``ValueError`` unless ``state`` (this level's saved entry) fits this level."""
+        _state.check_entry(self, state, where)
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore a checked entry, data loaders included (changes the global RNG state)."""
+        _state.load_entry(self, state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r})"
-
-
-def _as_float(value: Any) -> float:
-    if isinstance(value, Tensor):
-        return float(value.detach().float().mean())
-    return float(value)

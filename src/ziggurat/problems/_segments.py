@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import _rng, _tree
 from .._types import Params
-from ..optim import FunctionalOptimizer, OptState
+from ..optim import FunctionalOptimizer, OptState, grad_step
 
 Micro = tuple[Any, list[Tensor]]
 """One micro-batch of an update: the batch and the RNG states its ``training_step`` ran under."""
@@ -141,24 +141,90 @@ def update_fn(
     clip: Callable[[Params], Params],
     device: torch.device,
 ) -> Callable[[Params, OptState, list[Micro]], tuple[Params, OptState]]:
-    """One differentiable update over its micro-batches, as ``IterativeProblem`` takes it."""
+    """One differentiable update over its micro-batches, as ``IterativeProblem`` takes it:
+    each micro-batch's loss under its recorded RNG states, with the level's parameters swapped
+    for ``w``, then :func:`~ziggurat.optim.grad_step` with the level's clipping."""
+
+    def losses(micro: list[Micro]) -> Callable[[Params], list[Tensor]]:
+        def at(w: Params) -> list[Tensor]:
+            out = []
+            for batch, rng in micro:
+                old = swap(w)
+                try:
+                    with _rng.replayed(rng, device):
+                        loss = loss_of(batch)
+                finally:
+                    swap(old)
+                out.append(loss if accumulation == 1 else loss / accumulation)
+            return out
+
+        return at
 
     def update(w: Params, state: OptState, micro: list[Micro]) -> tuple[Params, OptState]:
-        pending: Params | None = None
-        for batch, rng in micro:
-            old = swap(w)
-            try:
-                with _rng.replayed(rng, device):
-                    loss = loss_of(batch)
-            finally:
-                swap(old)
-            scaled = loss if accumulation == 1 else loss / accumulation
-            raw = torch.autograd.grad(
-                scaled, list(w.values()), create_graph=True, allow_unused=True
-            )
-            g = _tree.fill_none(raw, w)
-            pending = g if pending is None else _tree.add(pending, g)
-        assert pending is not None
-        return optimizer.step(w, clip(pending), state)
+        return grad_step(losses(micro), w, optimizer, state, transform=clip)
 
     return update
+
+
+class SegmentRecorder:
+    """The open segment of a checkpointed inner loop: where it started, and the micro-batches
+    (with their RNG states) of each of its updates.
+
+    Args:
+        length: updates per segment (the last segment of an inner loop may be shorter).
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.start: tuple[Params, OptState] | None = None
+        self.updates: list[list[Micro]] = []
+        self.micro: list[Micro] = []
+
+    def open(self, w: Params, state: OptState) -> tuple[Params, OptState]:
+        """Start a segment at ``(w, state)``; its steps run on the graph-free copies returned."""
+        self.start = (w, state)
+        self.updates, self.micro = [], []
+        return _tree.leaves(w), state.detach()
+
+    def record(self, batch: Any, device: torch.device) -> None:
+        """A micro-batch of the next update, with the RNG states its loss runs under."""
+        self.micro.append((batch, _rng.torch_states(device)))
+
+    def update(
+        self, optimizer: FunctionalOptimizer, w: Params, grads: Params, state: OptState
+    ) -> tuple[Params, OptState]:
+        """One graph-free update, recorded with its micro-batches."""
+        with torch.no_grad():
+            w_new, state_new = optimizer.step(_tree.detach(w), grads, state)
+        self.updates.append(self.micro)
+        self.micro = []
+        return _tree.leaves(w_new), state_new.detach()
+
+    @property
+    def full(self) -> bool:
+        return len(self.updates) == self.length
+
+    def close(
+        self,
+        update: Callable[[Params, OptState, list[Micro]], tuple[Params, OptState]],
+        w: Params,
+        state: OptState,
+        context: list[Tensor],
+    ) -> tuple[Params, OptState]:
+        """Wrap the segment, which reached ``(w, state)``, in one replayable autograd node;
+        ``context`` are the other levels' parameters its losses read."""
+        assert self.start is not None
+        start_w, start_state = self.start
+        buffer_keys, buffers = flat_buffers(state)
+        plan = Plan(
+            update=update,
+            step=start_state.step,
+            keys=list(w),
+            start_buffer_keys=flat_buffers(start_state)[0],
+            buffer_keys=buffer_keys,
+            updates=self.updates,
+            context=context,
+            outputs=[t.detach() for t in w.values()] + [t.detach() for t in buffers],
+        )
+        self.start = None
+        return close(plan, start_w, start_state)

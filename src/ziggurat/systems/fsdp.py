@@ -1,23 +1,14 @@
-"""FSDP2 sharding of the lowest levels (``EngineConfig(strategy="fsdp")``).
+"""FSDP2 at the level of modules, optimizers and tensors (``EngineConfig(strategy="fsdp")``).
 
-Which levels are sharded: every *leaf* (a level with no lower levels). A leaf is never the
-upper level of a hop, so no hypergradient needs derivatives with respect to its parameters
-through a pure loss, and its own hop method (when it has upper levels) must be first-order:
-second-order autograd does not pass through sharded parameters. Levels above the leaves are
-replicated, as under ``strategy="ddp"``, and may use any method.
+These helpers take modules, optimizers and trees, never a problem: the engine decides which
+levels are sharded and rewires them (``ziggurat.engine._prepare``), and a problem keeps its
+shards in its parameter store. ``torch.distributed``'s FSDP and DTensor modules are imported
+inside the functions, so a program that never shards never loads them.
 
-What changes for a sharded level:
-
-* its module is ``fully_shard``-ed as one unit (a module already sharded is refused) and its
-  optimizer is rebuilt over the sharded parameters with the same class and param-group
-  options (schedulers are re-pointed at it); every forward all-gathers the current shards;
-* gradients reach it through ``loss.backward()`` (see ``problems/_hypergrad._backward``) and are
-  averaged over ranks by FSDP2's reduce-scatter, so the group's own gradient average skips them;
-* pure evaluations overwrite its parameter values in place (``Problem.swap_params``);
-* checkpoints hold its full (unsharded) state through ``torch.distributed.checkpoint``'s
-  state-dict API, so a file is the same as one written without sharding (DCP's own sharded
-  file format is not used: it reads its metadata with ``pickle``, and checkpoints here load
-  with ``weights_only=True``).
+Checkpoints hold a sharded level's full (unsharded) state through ``torch.distributed.checkpoint``'s
+state-dict API, so a file is the same as one written without sharding (DCP's own sharded file
+format is not used: it reads its metadata with ``pickle``, and checkpoints here load with
+``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -28,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..problems import Problem
+from .._types import Params
 
 
 def is_sharded(t: Any) -> bool:
@@ -38,38 +29,55 @@ def is_sharded(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def shard(problem: Problem) -> None:
-    """Shard ``problem``'s module with FSDP2 and rebuild its optimizer over the shards."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+def check_shardable(module: nn.Module, optimizer: torch.optim.Optimizer, owner: str) -> None:
+    """Refuse, before anything is sharded, a module FSDP2 cannot take as one unit and an
+    optimizer whose state could not follow the parameters into their shards."""
+    from torch.distributed.fsdp import FSDPModule
 
-    module, opt = problem.module, problem.optimizer
-    assert module is not None and opt is not None
     if any(isinstance(m, FSDPModule) for m in module.modules()):
         raise ValueError(
-            f"problem {problem.name!r}: its module is already sharded with fully_shard; "
+            f"problem {owner!r}: its module is already sharded with fully_shard; "
             "strategy='fsdp' shards each lowest level's module itself, as one unit (see "
-            "ziggurat.engine._sharding). Pass the unsharded module"
+            "ziggurat.systems.fsdp). Pass the unsharded module"
         )
-    names = {id(p): k for k, p in module.named_parameters()}
-    fully_shard(module)
-    assert isinstance(module, FSDPModule)
-    # ahead of FSDP2's own pre-forward hook: every forward gathers the current shards (see
-    # _gather_fresh), so values written in place between forwards are always seen
-    module.register_forward_pre_hook(_gather_fresh, prepend=True)
-    live: dict[str, Tensor] = dict(module.named_parameters())
-    problem.use_shards(live)
-    if opt.state:
+    if optimizer.state:
         raise ValueError(
-            f"problem {problem.name!r}: its optimizer already holds state, which cannot be "
+            f"problem {owner!r}: its optimizer already holds state, which cannot be "
             "carried over to the FSDP2-sharded parameters; build the engine before training, "
             "or load a checkpoint after building it"
         )
+    owned = {id(p) for p in module.parameters()}
+    if any(id(p) not in owned for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError(
+            f"problem {owner!r}: its optimizer updates a tensor that is not a parameter "
+            "of its module, which strategy='fsdp' cannot shard; optimize module parameters only"
+        )
+
+
+def fully_shard_module(module: nn.Module) -> Params:
+    """Shard ``module`` with FSDP2 as one unit; return its sharded parameters (DTensors) by name.
+
+    Call :func:`check_shardable` first. Only a root unit gathers the current shards on every
+    forward (see :func:`_gather_fresh`), hence one unit per level.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(module)
+    # ahead of FSDP2's own pre-forward hook: every forward gathers the current shards (see
+    # _gather_fresh), so values written in place between forwards are always seen
+    module.register_forward_pre_hook(_gather_fresh, prepend=True)
+    return dict(module.named_parameters())
+
+
+def rebuild_optimizer(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], live: Params
+) -> torch.optim.Optimizer:
+    """An optimizer of ``optimizer``'s class and param-group options over the tensors of
+    ``live`` (the sharded parameters by name); ``names`` maps the old tensors' ids to names."""
     groups = [
-        {**g, "params": [live[_name(names, p, problem)] for p in g["params"]]}
-        for g in opt.param_groups
+        {**g, "params": [live[names[id(p)]] for p in g["params"]]} for g in optimizer.param_groups
     ]
-    problem.optimizer = type(opt)(groups, **opt.defaults)
-    repoint_scheduler(problem.scheduler, problem.optimizer)
+    return type(optimizer)(groups, **optimizer.defaults)
 
 
 def _gather_fresh(module: nn.Module, args: Any) -> None:
@@ -89,15 +97,6 @@ def _gather_fresh(module: nn.Module, args: Any) -> None:
     """
     reshard: Callable[[], None] = module.reshard  # type: ignore[assignment]
     reshard()
-
-
-def _name(names: dict[int, str], p: Tensor, problem: Problem) -> str:
-    if id(p) not in names:
-        raise ValueError(
-            f"problem {problem.name!r}: its optimizer updates a tensor that is not a parameter "
-            "of its module, which strategy='fsdp' cannot shard; optimize module parameters only"
-        )
-    return names[id(p)]
 
 
 def repoint_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -164,21 +163,22 @@ def scatter_like(tree: dict[str, Tensor], like: dict[str, Tensor]) -> dict[str, 
     return {k: _scatter(t, like[k]) for k, t in tree.items()}
 
 
-def scatter_cache(problem: Problem, cache: dict[str, Any]) -> dict[str, Any]:
+def scatter_cache(
+    module: nn.Module, optimizer: torch.optim.Optimizer, cache: dict[str, Any]
+) -> dict[str, Any]:
     """A roll-back cache (module and optimizer ``state_dict``) of full tensors, re-sharded.
 
     The optimizer's per-parameter state is keyed by position in its param groups; entries
     shaped like their parameter (moments) are sharded like it, scalars (``step``) are kept.
     """
-    assert problem.module is not None and problem.optimizer is not None
-    params = [p for g in problem.optimizer.param_groups for p in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     opt = cache["optimizer"]
     state = {
         i: {k: _scatter(v, params[int(i)]) if isinstance(v, Tensor) else v for k, v in s.items()}
         for i, s in opt["state"].items()
     }
-    module = scatter_like(cache["module"], problem.module.state_dict())
-    return {"module": module, "optimizer": {**opt, "state": state}}
+    module_state = scatter_like(cache["module"], module.state_dict())
+    return {"module": module_state, "optimizer": {**opt, "state": state}}
 
 
 def _map(tree: Any, fn: Callable[[Tensor], Tensor]) -> Any:

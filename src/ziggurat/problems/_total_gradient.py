@@ -20,12 +20,10 @@ from .. import _tree
 from .._types import Params
 from ..hypergradient import Hop, fold
 from ._functional import pure_mean_loss
+from ._hops import HopKey
 
 if TYPE_CHECKING:
     from ._problem import Problem
-
-HopKey = tuple[str, int, int]
-"""(upper problem, path index, hop index): identifies one hop, e.g. for warm starts."""
 
 
 def _first_lowers(problem: Problem) -> list[Problem]:
@@ -49,7 +47,7 @@ def _direct(
     if any(p.sharded for p in (problem, *firsts)):
         raw: tuple[Tensor | None, ...] = _backward(problem, loss, inputs)
     else:
-        retain = problem.engine is not None and problem.engine.has_unrolled
+        retain = problem.runtime.has_unrolled
         raw = (
             torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
             if inputs
@@ -70,8 +68,7 @@ def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Ten
     set aside for the pass and put back after it, so the one place that writes gradients
     stays :meth:`Problem._apply_gradients`.
     """
-    problems = problem.engine.problems if problem.engine is not None else [problem]
-    held = {id(t): t for p in problems for t in p.trainable_parameters()}
+    held = {id(t): t for p in problem.runtime.problems for t in p.trainable_parameters()}
     held.update({id(t): t for t in inputs})
     saved = {key: t.grad for key, t in held.items()}
     for t in held.values():
@@ -106,8 +103,8 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         inner = pure_mean_loss(
             lower, upper, hop_batches(lower), full_precision=method.finite_differences
         )
-        if problem.engine is not None:  # data-parallel ranks: global-batch products
-            method = problem.engine.distributed.wrap_method(method)
+        # data-parallel ranks: global-batch products
+        method = problem.runtime.distributed.wrap_method(method)
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
         hops.append(Hop(method, inner, w, lam, context))
         keys.append(key)

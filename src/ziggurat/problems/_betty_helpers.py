@@ -1,44 +1,118 @@
-"""Helpers Betty programs call on a problem: the loss step, gradient and optimizer-state
-utilities, and read-only views of the problem's options.
+"""Betty's public ``Problem`` API beyond the hooks and the step protocol: views of a level's
+state and options, its mode, its ``state_dict``, and the loss, gradient and optimizer-state
+helpers Betty programs call.
 
-Mixed into :class:`~ziggurat.problems.Problem`. None of them changes how a problem trains:
-the update still writes gradients and steps the optimizer in one place
-(``Problem._apply_gradients``), and these only read that state or act on request.
+Mixed into :class:`~ziggurat.problems.Problem`, whose members these read are declared in the
+class's ``TYPE_CHECKING`` block. None of them changes how a problem trains: the update still
+writes gradients and steps the optimizer in one place (``Problem._apply_gradients``), and these
+only read that state or act on request.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from .._types import Params
+from ..configs import Config
 from ..logging import LoggerBase
+from . import _state
+from ._clock import InnerLoopClock
+from ._output import check_finite
+from ._precision import DTYPES, Precision
+from ._runtime import Runtime
 
-if TYPE_CHECKING:
-    from ..configs import Config
-    from ..engine import Engine
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ProblemHelpers:
-    """Betty's problem helpers, on ziggurat's state."""
+class BettyHelpers:
+    """Betty's problem helpers, on ziggurat's state (mixed into ``Problem``, whose members
+    they read are declared below for the type checker)."""
 
     if TYPE_CHECKING:
         _config: Config
         _name: str
-        engine: Engine | None
-        optimizer: torch.optim.Optimizer | None
-        scaler: torch.amp.GradScaler | None
+        _clock: InnerLoopClock
+        _precision: Precision
+        _training: bool
+        engine: Runtime | None
+        module: nn.Module
+        optimizer: torch.optim.Optimizer
+        scheduler: Any
+        children: list[Any]
         last_metrics: dict[str, float]
 
-        def trainable_parameters(self) -> list[Tensor]: ...
-        def loss_of(self, batch: Any) -> Tensor: ...
-        def _check_finite(self, loss: float) -> None: ...
+        def named_trainable_parameters(self) -> Params: ...
+        def evaluate(self, batch: Any) -> tuple[Tensor, dict[str, float]]: ...
         def _own_optimizer(self) -> torch.optim.Optimizer: ...
 
-    # ------------------------------------------------------------------ options (read-only)
+    @property
+    def count(self) -> int:
+        """Local steps taken in training mode."""
+        return self._clock.count
+
+    @property
+    def _count(self) -> int:  # Betty's name, read by its programs
+        return self._clock.count
+
+    @property
+    def _global_step(self) -> int:  # Betty's name, read by its programs
+        return self._clock.global_step
+
+    @property
+    def leaf(self) -> bool:
+        return not self.children
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 GradScaler (``None`` for other precisions and before initialisation)."""
+        return self._precision.scaler
+
+    @scaler.setter
+    def scaler(self, scaler: torch.amp.GradScaler | None) -> None:
+        self._precision.scaler = scaler
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    def is_rank_zero(self) -> bool:
+        """Whether this process is rank 0 of the engine's group (always, on one process)."""
+        return self.engine is None or self.engine.is_rank_zero()
+
+    def train(self) -> None:
+        self._training = True
+        if self.module is not None:
+            self.module.train()
+
+    def eval(self) -> None:
+        self._training = False
+        if self.module is not None:
+            self.module.eval()
+
+    def trainable_parameters(self) -> list[Tensor]:
+        return list(self.named_trainable_parameters().values())
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.module.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Module, optimizer, scheduler and GradScaler state (a subset of a checkpoint)."""
+        out = _state.module_and_optimizer(self.module, self.optimizer, sharded=False)
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _state.load_module_and_optimizer(self.module, self.optimizer, state, sharded=False)
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
     @property
     def gas(self) -> int:
         """``config.gradient_accumulation``: local steps per optimizer update."""
@@ -72,7 +146,7 @@ class ProblemHelpers:
     @property
     def dtype(self) -> torch.dtype:
         """The compute dtype of ``precision`` (losses are widened to fp32 all the same)."""
-        return _DTYPES[self._config.precision]
+        return DTYPES[self._config.precision]
 
     @property
     def logger(self) -> LoggerBase:
@@ -80,7 +154,6 @@ class ProblemHelpers:
         that only writes console lines."""
         return LoggerBase() if self.engine is None else self.engine.logger
 
-    # ------------------------------------------------------------------ loss
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """The loss this problem differentiates on ``batch``, and what it logs.
 
@@ -89,17 +162,17 @@ class ProblemHelpers:
         one; the dict holds the unscaled loss under ``"loss"`` and the other entries that
         ``training_step`` returned.
         """
-        loss = self.loss_of(batch)
+        loss, metrics = self.evaluate(batch)
         value = float(loss.detach())  # the one host sync of a step's loss
-        self._check_finite(value)
-        stats = {"loss": value, **self.last_metrics}
+        check_finite(value, self._name, self._global_step, self.count)
+        self.last_metrics = metrics  # the training step's own, never a hop's perturbed ones
+        stats = {"loss": value, **metrics}
         k = self._config.gradient_accumulation
         scaled = loss if k == 1 else loss / k  # dividing by 1 would add a node to the graph
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
         return scaled, stats
 
-    # ------------------------------------------------------------------ gradients
     def meta_trainable_parameters(self) -> list[Tensor]:
         """The parameters hypergradients are differentiated through: all trainable ones.
 
@@ -124,10 +197,8 @@ class ProblemHelpers:
         with_grad = [p for p in self.trainable_parameters() if p.grad is not None]
         return nn.utils.clip_grad_norm_(with_grad, self._config.gradient_clipping)
 
-    # ------------------------------------------------------------------ optimizer state
     def get_opt_param_group_for_param(self, param: Tensor) -> dict[str, Any]:
         """The optimizer's param group holding ``param`` (the live dict)."""
-        assert self.optimizer is not None
         for group in self.optimizer.param_groups:
             if any(p is param for p in group["params"]):
                 return group
@@ -142,3 +213,14 @@ class ProblemHelpers:
         self.get_opt_param_group_for_param(param)
         state: dict[str, Any] = self._own_optimizer().state.get(param, {})
         return state
+
+    def cache_states(self) -> dict[str, Any]:
+        """Module and optimizer state for roll-back (per rank: no collective is needed)."""
+        return {
+            "module": copy.deepcopy(self.module.state_dict()),
+            "optimizer": copy.deepcopy(self._own_optimizer().state_dict()),
+        }
+
+    def recover_states(self, cache: dict[str, Any]) -> None:
+        self.module.load_state_dict(cache["module"])
+        self._own_optimizer().load_state_dict(cache["optimizer"])
