@@ -16,7 +16,7 @@ class CliError(Exception):
 def _check(args: argparse.Namespace) -> int:
     import torch
 
-    from ._check import run_check
+    from ._verification import run_check
 
     torch.set_num_threads(1)  # the analytic problems are tiny: threads only add overhead
     print(run_check(seed=args.seed))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._types import Params
-from ._verify import verify
-from ._verify_estimator import Estimator, verify_estimator
-from .analytic import BernoulliReward, LogisticHPO, QuadraticBilevel, RidgeHPO
-from .hypergradient import (
+from .._types import Params
+from ..analytic import BernoulliReward, LogisticHPO, QuadraticBilevel, RidgeHPO
+from ..hypergradient import (
     Baseline,
     ConstantBaseline,
     GaussNewton,
@@ -28,13 +26,22 @@ from .hypergradient import (
     stochastic,
     unrolled,
 )
-from .linalg import polyak_parameters
-from .optim import sgd
+from ..linalg import polyak_parameters
+from ..optim import sgd
+from ._estimator import Estimator, verify_estimator
+from ._verify import verify
 
 
-def _methods(
+def check_methods(
     spectrum: tuple[float, float], curvature: GaussNewton | None = None
 ) -> dict[str, Method]:
+    """The rows of tables (a) and (b): every preset, tuned to a Hessian's spectrum.
+
+    Args:
+        spectrum: the smallest and largest eigenvalue of the lower Hessian, which set the
+            Neumann and fixed-point step ``1 / lambda_max`` and Polyak's heavy-ball momentum.
+        curvature: a Gauss-Newton model of the problem, which adds its two rows.
+    """
     lambda_min, lambda_max = spectrum
     alpha = 1.0 / lambda_max
     step, beta = polyak_parameters(lambda_min, lambda_max)
@@ -126,7 +133,7 @@ def run_check(seed: int = 0) -> str:
     blocks = []
     quad = QuadraticBilevel.make(seed=seed)
     w, lam, v = quad.point()
-    report = verify(quad.inner, w, lam, v, methods=_methods(_spectrum(quad.A)))
+    report = verify(quad.inner, w, lam, v, methods=check_methods(_spectrum(quad.A)))
     blocks.append(f"(a) quadratic bilevel, 8 lower / 5 upper parameters\n{report}")
     try:
         ridge = RidgeHPO.diabetes()
@@ -136,7 +143,7 @@ def run_check(seed: int = 0) -> str:
         )
     else:
         w, lam, v = ridge.point()
-        methods = _methods(_spectrum(ridge.hessian(lam)), _ridge_gauss_newton(ridge))
+        methods = check_methods(_spectrum(ridge.hessian(lam)), _ridge_gauss_newton(ridge))
         report = verify(ridge.inner, w, lam, v, methods=methods)
         blocks.append(f"(b) per-feature ridge HPO on diabetes (10 features)\n{report}")
         blocks.append(_logistic_block())
