@@ -99,16 +99,12 @@ class RidgeHPO:
 
     @classmethod
     def diabetes(cls, *, dtype: torch.dtype = torch.float64, n_train: int = 300) -> RidgeHPO:
-        """scikit-learn's bundled diabetes data (442 x 10), standardised, split train/validation."""
-        from sklearn.datasets import load_diabetes
+        """The diabetes split of :func:`ziggurat.datasets.diabetes` (442 x 10, standardised)."""
+        from .datasets import diabetes
 
-        data = load_diabetes()
-        X = torch.tensor(data.data, dtype=dtype)
-        y = torch.tensor(data.target, dtype=dtype)
-        X = (X - X.mean(0)) / X.std(0)
-        y = (y - y.mean()) / y.std()
-        lam0 = torch.linspace(10.0, 50.0, X.shape[1], dtype=dtype)
-        return cls(X[:n_train], y[:n_train], X[n_train:], y[n_train:], lam0)
+        d = diabetes(n_train=n_train, dtype=dtype)
+        lam0 = torch.linspace(10.0, 50.0, d.X.shape[1], dtype=dtype)
+        return cls(d.X, d.y, d.Xv, d.yv, lam0)
 
     def inner(self, w: Params, lam: Params) -> Tensor:
         x = w["w"]

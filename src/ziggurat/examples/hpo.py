@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configs import Config, EngineConfig
+from ..datasets import sklearn_arrays
 from ..hypergradient import Method, from_name
 from ..problems import ImplicitProblem
 from ._progress import ProgressEngine
@@ -30,13 +31,11 @@ GRID = tuple(float(v) for v in np.logspace(-4, 1, 11))
 
 
 def _data(seed: int) -> tuple[tuple[Tensor, Tensor], ...]:
-    from sklearn.datasets import load_breast_cancer
-
-    d = load_breast_cancer()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    data, target = sklearn_arrays("breast_cancer")
+    x = (data - data.mean(0)) / data.std(0)
     n = len(x)
     tr, va, te = split(n, [int(0.25 * n), int(0.35 * n), n - int(0.25 * n) - int(0.35 * n)], seed)
-    return tuple(as_tensors(x[i], d.target[i]) for i in (tr, va, te))
+    return tuple(as_tensors(x[i], target[i]) for i in (tr, va, te))
 
 
 def _method(name: str) -> Method:
