@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/unrolled_engine.py [--sizes 10k 100k 1M]
+    PYTHONPATH=src python -m benchmarks.unrolled_engine [--sizes 10k 100k 1M]
         [--steps 1 5 20 100] [--repeats 5] [--out FILE]
 
 Workload (d) of ``workloads.py`` (Meta-Weight-Net reweighting on synthetic data, lower MLP of
@@ -37,21 +37,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.x` finds the package
+SRC = ROOT / "src"
 
 
 def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(HERE))
-    import floors
-    import workloads
-
     from ziggurat import Engine
     from ziggurat.configs import Config, EngineConfig
     from ziggurat.problems import ImplicitProblem, IterativeProblem
+
+    from . import floors, workloads
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -189,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 rows = []
                 for _ in range(args.repeats):
-                    cmd = [sys.executable, __file__, "--worker", size, str(steps), mode]
+                    cmd = [sys.executable, "-m", "benchmarks.unrolled_engine", "--worker"]
+                    cmd += [size, str(steps), mode]
                     env = dict(os.environ, PYTHONPATH=str(SRC))
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                     if proc.returncode != 0 or not lines:
                         failed += 1
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"{elapsed:.0f} s; 1-min load {load0:.2f} at start, {load1:.2f} at end")
     if args.out is not None:
-        cmd = "PYTHONPATH=src python benchmarks/unrolled_engine.py " + " ".join(
+        cmd = "PYTHONPATH=src python -m benchmarks.unrolled_engine " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
         args.out.write_text(

@@ -3,7 +3,7 @@
 One process runs one configuration (a fresh process per configuration, so its peak RSS is its
 own) and prints one JSON line::
 
-    python benchmarks/workloads.py --root ziggurat|betty --workload a|b|d --method darts \
+    python -m benchmarks.workloads --root ziggurat|betty --workload a|b|d --method darts \
         [--size 1M] [--iters 30] [--warmup 5]
 
 Workloads:
@@ -31,10 +31,8 @@ import importlib
 import json
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -330,8 +328,7 @@ def floor_primitives(
     :func:`primitive_tasks`), the upper gradient ``U`` and the upper loss's forward alone
     (what a first-order step needs: the upper loss here does not read the upper parameters,
     so their direct gradient costs nothing more)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import floors
+    from . import floors
 
     tasks = primitive_tasks(workload, upper, lower, batch, products=10)
     t = {name: timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
@@ -356,8 +353,7 @@ def upper_floor_s(
     since it stops at a direction of non-positive curvature (often after 2 or 3 of ``K`` on
     these non-convex losses), where Betty's CG always runs ``K``.
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import floors
+    from . import floors
 
     if method == "first_order" and u_forward is not None:
         return u_forward

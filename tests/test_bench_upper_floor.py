@@ -3,27 +3,9 @@ quantities its timed closures compute, on a toy model (workload a)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-workloads = _load("workloads")
-floors = _load("floors")
+from benchmarks import floors, workloads
 
 # G = 1, B = 3, H = 2, M = 0.5, FO = 0 (a first-order hop is free at the engine level)
 PRIM = floors.Primitives(g=1.0, g_w=1.5, build=3.0, hvp=2.0, mixed=0.5, first_order=0.0)
