@@ -16,7 +16,7 @@ step (CG stops at non-positive curvature, Betty's always runs its K); ``floor`` 
 step's floor (the upper gradient plus the method's floor from ``floors.py`` with the products
 spent, timed with plain autograd in the same process); ``x floor`` = upper / floor;
 ``step floor`` adds what an upper step must also spend and the floor omits (batch fetch, the
-upper optimizer's step, the method's vector work: see ``workloads.step_extra_s``), timed the
+upper optimizer's step, the method's vector work: see ``step_floors.step_extra_s``), timed the
 same way, and ``x step floor`` = upper / step floor; ``x Betty`` = ours / Betty for
 upper-step time and peak RSS.
 """

@@ -49,12 +49,12 @@ def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[st
     from ziggurat.configs import Config, EngineConfig
     from ziggurat.problems import ImplicitProblem, IterativeProblem
 
-    from . import floors, workloads
+    from . import floors, programs, step_floors
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    xtr, ytr, xm, ym, batch = workloads.data("d", size)
-    model = workloads.lower_model("d", size)
+    xtr, ytr, xm, ym, batch = programs.data("d", size)
+    model = programs.lower_model("d", size)
     stamps: dict[str, list[float]] = {"lower": [], "upper": []}
 
     class Upper(ImplicitProblem):
@@ -71,24 +71,24 @@ def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[st
             out = self(x)
             lam_out = self.upper(F.cross_entropy(out, y, reduction="none").detach())
             first = next(iter(self.params.values()))
-            return workloads.lower_loss("d", out, y, lam_out, first)
+            return programs.lower_loss("d", out, y, lam_out, first)
 
         def param_callback(self) -> None:
             stamps["lower"].append(time.perf_counter())
 
-    weight_net = workloads.WeightNet()
+    weight_net = programs.WeightNet()
     upper = Upper(
         name="upper",
         module=weight_net,
         optimizer=torch.optim.Adam(weight_net.parameters(), lr=1e-3),
-        train_data_loader=workloads.Loader(xm, ym, batch, 1),
+        train_data_loader=programs.Loader(xm, ym, batch, 1),
     )
     segments = "sqrt" if mode == "sqrt" else None
     lower = Lower(
         name="lower",
         module=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        train_data_loader=workloads.Loader(xtr, ytr, batch, 2),
+        train_data_loader=programs.Loader(xtr, ytr, batch, 2),
         config=Config(unroll_steps=steps, checkpoint_segments=segments),
     )
     engine = Engine(
@@ -109,11 +109,11 @@ def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[st
             lower_s += [b - a for a, b in itertools.pairwise(marks)]
     batch_t = (xtr[:batch], ytr[:batch], xm[:batch], ym[:batch])
     reps = 7
-    plain = workloads.plain_step("d", lower, batch_t, reps)
-    tasks = workloads.primitive_tasks("d", upper, lower, batch_t, products=10)
-    t = {name: workloads.timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
+    plain = step_floors.plain_step("d", lower, batch_t, reps)
+    tasks = step_floors.primitive_tasks("d", upper, lower, batch_t, products=10)
+    t = {name: step_floors.timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
     t["FO"] = 0.0
-    u = workloads.timed(tasks["U"], reps)
+    u = step_floors.timed(tasks["U"], reps)
     try:
         prim = floors.primitives_from_timings(t, 10)
     except ValueError:

@@ -79,3 +79,13 @@ def test_engine_compare_runs_as_a_module_from_the_root() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout and "--betty" in proc.stdout
+
+
+def test_the_workload_script_imports_without_ziggurat() -> None:
+    """``engine_compare`` runs ``benchmarks.workloads`` with Betty's interpreter, where ziggurat
+    is not installed: the script and what it imports must not need it."""
+    code = "import sys; sys.modules['ziggurat'] = None; import benchmarks.workloads"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
