@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/core_cost.py [--sizes 10k 300k 2M] [--out FILE]
+    PYTHONPATH=src python -m benchmarks.core_cost [--sizes 10k 300k 2M] [--out FILE]
 
 The inner problem is an MLP classifier (tanh, cross-entropy) on synthetic data with a fixed
 seed; ``w`` are its weights and biases, ``lam`` one L2 weight per output unit of each weight
@@ -34,13 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import floors
-
 import ziggurat
 from ziggurat import hypergradient as hg
 from ziggurat.optim import sgd
+
+from . import floors
 
 Params = dict[str, Tensor]
 
@@ -275,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(blocks: list[str], argv: list[str] | None, elapsed: float, load: float) -> str:
-    cmd = " ".join(["PYTHONPATH=src python benchmarks/core_cost.py", *(argv or sys.argv[1:])])
+    cmd = " ".join(["PYTHONPATH=src python -m benchmarks.core_cost", *(argv or sys.argv[1:])])
     floors_doc = (floors.__doc__ or "").strip()
     return (
         "# Core hypergradient cost\n\n"

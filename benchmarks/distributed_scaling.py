@@ -8,7 +8,7 @@ split evenly across ranks. For each world size the median time per global step i
 with the share of that time spent in the gradient and cotangent all-reduces (timed inside the
 engine's data-parallel group), and the scaling efficiency ``t_1 / (N t_N)``.
 
-    PYTHONPATH=src python benchmarks/distributed_scaling.py --world 1 2 > table.md
+    PYTHONPATH=src python -m benchmarks.distributed_scaling --world 1 2 > table.md
 """
 
 from __future__ import annotations

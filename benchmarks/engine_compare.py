@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/engine_compare.py [--betty /tmp/betty-venv/bin/python]
+    PYTHONPATH=src python -m benchmarks.engine_compare [--betty /tmp/betty-venv/bin/python]
         [--quick] [--repeats 5] [--out FILE]
 
 Every configuration runs in fresh processes, ours and Betty's alternating, ``--repeats`` times
@@ -16,7 +16,7 @@ step (CG stops at non-positive curvature, Betty's always runs its K); ``floor`` 
 step's floor (the upper gradient plus the method's floor from ``floors.py`` with the products
 spent, timed with plain autograd in the same process); ``x floor`` = upper / floor;
 ``step floor`` adds what an upper step must also spend and the floor omits (batch fetch, the
-upper optimizer's step, the method's vector work: see ``workloads.step_extra_s``), timed the
+upper optimizer's step, the method's vector work: see ``step_floors.step_extra_s``), timed the
 same way, and ``x step floor`` = upper / step floor; ``x Betty`` = ours / Betty for
 upper-step time and peak RSS.
 """
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.x` finds the package
+SRC = ROOT / "src"
 ALL = ("first_order", "darts", "sama", "neumann", "cg")
 FOUR = ("darts", "sama", "neumann", "cg")
 
@@ -55,10 +55,10 @@ def configs(quick: bool) -> list[tuple[str, str, str, int, int]]:
 
 def run_one(python: str, root: str, cfg: tuple[str, str, str, int, int]) -> dict | None:
     workload, method, size, iters, warmup = cfg
-    cmd = [python, str(HERE / "workloads.py"), "--root", root, "--workload", workload]
+    cmd = [python, "-m", "benchmarks.workloads", "--root", root, "--workload", workload]
     cmd += ["--method", method, "--size", size, "--iters", str(iters), "--warmup", str(warmup)]
     env = dict(os.environ, PYTHONPATH=str(SRC) if root == "ziggurat" else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed, load1 = time.perf_counter() - t0, os.getloadavg()[0]
     print(f"{elapsed:.0f} s; 1-min load {load0:.2f} at start, {load1:.2f} at end")
     if args.out is not None:
-        cmd = "PYTHONPATH=src python benchmarks/engine_compare.py " + " ".join(argv or sys.argv[1:])
+        cmd = "PYTHONPATH=src python -m benchmarks.engine_compare " + " ".join(argv or sys.argv[1:])
         args.out.write_text(
             f"Command: `{cmd}`  \nDate: {datetime.date.today()}  \nMachine: {machine()}  \n"
             f"1-minute load average: {load0:.2f} at the start, {load1:.2f} at the end  \n"

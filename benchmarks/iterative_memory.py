@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/iterative_memory.py [--steps 1 10 100] [--width 512]
+    PYTHONPATH=src python -m benchmarks.iterative_memory [--steps 1 10 100] [--width 512]
 
 Each (T, mode) runs in a fresh process: an MLP classifier (64-W-W-10, batch 256, synthetic
 data) is the lower level, unrolled for ``T`` SGD-momentum steps from the upper level's
@@ -21,6 +21,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.x` finds the package
 
 
 def rss_now_mb() -> float:
@@ -102,8 +105,9 @@ def worker(steps: int, mode: str, width: int) -> dict:
 
 
 def spawn(steps: int, mode: str, width: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(steps), mode, str(width)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "benchmarks.iterative_memory", "--worker", str(steps), mode]
+    cmd.append(str(width))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     result: dict = json.loads(proc.stdout.splitlines()[-1])
     return result
 

@@ -7,26 +7,21 @@ test's assertion holds, with a one-sided 95% lower bound on that rate (Clopper-P
 ``k = n`` it is ``0.05 ** (1 / n)``). These are the confidence levels quoted in
 ``docs/stochastic.md``.
 
-    PYTHONPATH=src python benchmarks/statistical_tests.py [--sets 100] [--skip-engine]
+    PYTHONPATH=src python -m benchmarks.statistical_tests [--sets 100] [--skip-engine]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from statistics import NormalDist
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import test_engine_stochastic as engine_test
-import test_reinforce as reinforce_test
-import test_stochastic as stochastic_test
 from ziggurat.analytic import LogisticHPO
+
+from . import stats
 
 
 def lower_bound(k: int, n: int, confidence: float = 0.95) -> float:
@@ -61,35 +56,34 @@ def main() -> None:
     torch.set_num_threads(1)
     print("| test (its assertion) | holds | rate | 95% lower bound | s |")
     print("|---|---:|---:|---:|---:|")
-    r = reinforce_test
-    for baseline in r.BASELINES:
+    for baseline in stats.BASELINES:
         label = type(baseline).__name__
         rate(
             f"test_bernoulli_unbiased_at_99_percent[{label}] (covered)",
-            lambda i, b=baseline: r.bernoulli_covered(b, 600 * i),
+            lambda i, b=baseline: stats.bernoulli_covered(b, 600 * i),
             args.sets,
         )
     rate(
         "test_gaussian_unbiased_at_99_percent (covered)",
-        lambda i: r.gaussian_covered(600 * i),
+        lambda i: stats.gaussian_covered(600 * i),
         args.sets,
     )
     rate(
         "test_the_confidence_check_detects_a_biased_baseline (not covered)",
-        lambda i: not r.biased_covered(600 * i),
+        lambda i: not stats.biased_covered(600 * i),
         args.sets,
     )
     rate(
         "test_baselines_reduce_variance (both ratios < 0.25)",
-        lambda i: max(r.variance_ratios(300 * i)) < 0.25,
+        lambda i: max(stats.variance_ratios(300 * i)) < 0.25,
         args.sets,
     )
-    case = stochastic_test.logistic_case()
+    case = stats.logistic_case()
 
     def core_margin(i: int) -> bool:
         seeds = range(5 * i, 5 * i + 5)
-        one = stochastic_test.mean_error(case, 1, seeds)
-        sixteen = stochastic_test.mean_error(case, 16, seeds)
+        one = stats.stochastic_mean_error(case, 1, seeds)
+        sixteen = stats.stochastic_mean_error(case, 16, seeds)
         return sixteen < 0.6 * one and sixteen < 0.25
 
     rate("test_error_shrinks_with_the_number_of_batches (margins)", core_margin, args.sets)
@@ -98,7 +92,7 @@ def main() -> None:
     problem = LogisticHPO.breast_cancer()
 
     def engine_margin(seed: int) -> bool:
-        one, four, sixteen = (engine_test.mean_error(problem, b, 10, seed) for b in (1, 4, 16))
+        one, four, sixteen = (stats.engine_mean_error(problem, b, 10, seed) for b in (1, 4, 16))
         return four < 0.5 * one and sixteen < 0.5 * four and sixteen < 0.15
 
     rate(

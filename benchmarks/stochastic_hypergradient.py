@@ -5,7 +5,7 @@ at the exact inner optimum for ``log l2 = -4``. For each batch size and number o
 relative error ``||g - g*|| / ||g*||`` is averaged over independent seeds; ``g*`` is the exact
 (dense-solve) hypergradient of the full-batch problem. Writes a Markdown table to stdout.
 
-    PYTHONPATH=src python benchmarks/stochastic_hypergradient.py > table.md
+    PYTHONPATH=src python -m benchmarks.stochastic_hypergradient > table.md
 """
 
 from __future__ import annotations

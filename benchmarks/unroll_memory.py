@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/unroll_memory.py [--sizes 10k 300k 2M] [--steps 1 5 20 100]
+    PYTHONPATH=src python -m benchmarks.unroll_memory [--sizes 10k 300k 2M] [--steps 1 5 20 100]
 
 Each (size, T, mode) runs in a fresh process: it builds the inner problem of ``core_cost.py``
 (an MLP classifier with per-unit L2 weights, batch 256), reads its RSS, computes one
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.x` finds the package
 
 
 def rss_now_mb() -> float:
@@ -33,11 +33,10 @@ def rss_now_mb() -> float:
 def worker(size: str, steps: int, mode: str) -> dict:
     import torch
 
-    sys.path.insert(0, str(HERE))
-    import core_cost
-
     from ziggurat import hypergradient as hg
     from ziggurat.optim import sgd
+
+    from . import core_cost
 
     torch.set_num_threads(1)
     p = core_cost.make_problem(size)
@@ -62,8 +61,8 @@ def worker(size: str, steps: int, mode: str) -> dict:
 
 
 def spawn(size: str, steps: int, mode: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", size, str(steps), mode]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "benchmarks.unroll_memory", "--worker", size, str(steps), mode]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     result: dict = json.loads(proc.stdout.splitlines()[-1])
     return result
 

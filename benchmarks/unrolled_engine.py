@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/unrolled_engine.py [--sizes 10k 100k 1M]
+    PYTHONPATH=src python -m benchmarks.unrolled_engine [--sizes 10k 100k 1M]
         [--steps 1 5 20 100] [--repeats 5] [--out FILE]
 
 Workload (d) of ``workloads.py`` (Meta-Weight-Net reweighting on synthetic data, lower MLP of
@@ -37,26 +37,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.x` finds the package
+SRC = ROOT / "src"
 
 
 def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(HERE))
-    import floors
-    import workloads
-
     from ziggurat import Engine
     from ziggurat.configs import Config, EngineConfig
     from ziggurat.problems import ImplicitProblem, IterativeProblem
 
+    from . import floors, programs, step_floors
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    xtr, ytr, xm, ym, batch = workloads.data("d", size)
-    model = workloads.lower_model("d", size)
+    xtr, ytr, xm, ym, batch = programs.data("d", size)
+    model = programs.lower_model("d", size)
     stamps: dict[str, list[float]] = {"lower": [], "upper": []}
 
     class Upper(ImplicitProblem):
@@ -73,24 +71,24 @@ def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[st
             out = self(x)
             lam_out = self.upper(F.cross_entropy(out, y, reduction="none").detach())
             first = next(iter(self.params.values()))
-            return workloads.lower_loss("d", out, y, lam_out, first)
+            return programs.lower_loss("d", out, y, lam_out, first)
 
         def param_callback(self) -> None:
             stamps["lower"].append(time.perf_counter())
 
-    weight_net = workloads.WeightNet()
+    weight_net = programs.WeightNet()
     upper = Upper(
         name="upper",
         module=weight_net,
         optimizer=torch.optim.Adam(weight_net.parameters(), lr=1e-3),
-        train_data_loader=workloads.Loader(xm, ym, batch, 1),
+        train_data_loader=programs.Loader(xm, ym, batch, 1),
     )
     segments = "sqrt" if mode == "sqrt" else None
     lower = Lower(
         name="lower",
         module=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        train_data_loader=workloads.Loader(xtr, ytr, batch, 2),
+        train_data_loader=programs.Loader(xtr, ytr, batch, 2),
         config=Config(unroll_steps=steps, checkpoint_segments=segments),
     )
     engine = Engine(
@@ -111,11 +109,11 @@ def worker(size: str, steps: int, mode: str, iters: int, warmup: int) -> dict[st
             lower_s += [b - a for a, b in itertools.pairwise(marks)]
     batch_t = (xtr[:batch], ytr[:batch], xm[:batch], ym[:batch])
     reps = 7
-    plain = workloads.plain_step("d", lower, batch_t, reps)
-    tasks = workloads.primitive_tasks("d", upper, lower, batch_t, products=10)
-    t = {name: workloads.timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
+    plain = step_floors.plain_step("d", lower, batch_t, reps)
+    tasks = step_floors.primitive_tasks("d", upper, lower, batch_t, products=10)
+    t = {name: step_floors.timed(tasks[name], reps) for name in ("G", "Gw", "B", "B+KH", "B+KM")}
     t["FO"] = 0.0
-    u = workloads.timed(tasks["U"], reps)
+    u = step_floors.timed(tasks["U"], reps)
     try:
         prim = floors.primitives_from_timings(t, 10)
     except ValueError:
@@ -189,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 rows = []
                 for _ in range(args.repeats):
-                    cmd = [sys.executable, __file__, "--worker", size, str(steps), mode]
+                    cmd = [sys.executable, "-m", "benchmarks.unrolled_engine", "--worker"]
+                    cmd += [size, str(steps), mode]
                     env = dict(os.environ, PYTHONPATH=str(SRC))
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                     if proc.returncode != 0 or not lines:
                         failed += 1
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"{elapsed:.0f} s; 1-min load {load0:.2f} at start, {load1:.2f} at end")
     if args.out is not None:
-        cmd = "PYTHONPATH=src python benchmarks/unrolled_engine.py " + " ".join(
+        cmd = "PYTHONPATH=src python -m benchmarks.unrolled_engine " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
         args.out.write_text(

@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-
-def _load_floors() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "floors.py"
-    spec = importlib.util.spec_from_file_location("bench_floors", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-floors = _load_floors()
+from benchmarks import floors
 
 # G = 1, Gw = 1.5, B = 3, H = 2 and M = 0.5 (marginal, from K = 10), FO = 0.1
 TIMINGS = {"G": 1.0, "Gw": 1.5, "B": 3.0, "B+KH": 23.0, "B+KM": 8.0, "FO": 0.1}

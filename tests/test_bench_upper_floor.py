@@ -3,27 +3,9 @@ quantities its timed closures compute, on a toy model (workload a)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-workloads = _load("workloads")
-floors = _load("floors")
+from benchmarks import floors, programs, step_floors
 
 # G = 1, B = 3, H = 2, M = 0.5, FO = 0 (a first-order hop is free at the engine level)
 PRIM = floors.Primitives(g=1.0, g_w=1.5, build=3.0, hvp=2.0, mixed=0.5, first_order=0.0)
@@ -35,15 +17,15 @@ PRIM = floors.Primitives(g=1.0, g_w=1.5, build=3.0, hvp=2.0, mixed=0.5, first_or
         ("first_order", 0.25),  # the upper gradient alone
         ("darts", 0.25 + 2.0),
         ("sama", 0.25 + 2.0),
-        ("neumann", 0.25 + 3.0 + (workloads.K + 1) * 2.0),
-        ("cg", 0.25 + 3.0 + (workloads.K + 1) * 2.0),
+        ("neumann", 0.25 + 3.0 + (programs.K + 1) * 2.0),
+        ("cg", 0.25 + 3.0 + (programs.K + 1) * 2.0),
     ],
 )
 def test_upper_floor_is_upper_gradient_plus_method_floor(method: str, expected: float) -> None:
-    assert workloads.upper_floor_s(method, PRIM, 0.25) == pytest.approx(expected)
+    assert step_floors.upper_floor_s(method, PRIM, 0.25) == pytest.approx(expected)
 
 
-# made-up per-term costs (see workloads.step_terms)
+# made-up per-term costs (see step_floors.step_terms)
 TERMS = {
     "fetch": 0.01,
     "opt": 0.02,
@@ -62,23 +44,23 @@ TERMS = {
         ("first_order", 0.03),
         ("darts", 0.03 + 0.1 + 2 * 0.3),
         ("sama", 0.03 + 0.1 + 2 * 0.3 + 0.5 + 0.6),
-        ("neumann", 0.03 + (2 * workloads.K + 1) * 0.2),
-        ("cg", 0.03 + workloads.K * (3 * 0.2 + 2 * 0.4) + 0.4),
+        ("neumann", 0.03 + (2 * programs.K + 1) * 0.2),
+        ("cg", 0.03 + programs.K * (3 * 0.2 + 2 * 0.4) + 0.4),
     ],
 )
 def test_step_floor_adds_the_work_the_floor_omits(method: str, expected: float) -> None:
-    assert workloads.step_extra_s(method, TERMS) == pytest.approx(expected)
+    assert step_floors.step_extra_s(method, TERMS) == pytest.approx(expected)
 
 
 def test_a_first_order_step_needs_only_the_upper_forward() -> None:
-    assert workloads.upper_floor_s("first_order", PRIM, 0.25, u_forward=0.1) == 0.1
+    assert step_floors.upper_floor_s("first_order", PRIM, 0.25, u_forward=0.1) == 0.1
 
 
 def test_cg_floors_count_the_products_it_spent() -> None:
     # CG stopped after 2 of K products: B + 3 H and 2 iterations of vector work
-    assert workloads.upper_floor_s("cg", PRIM, 0.25, 2) == pytest.approx(0.25 + 3.0 + 3 * 2.0)
+    assert step_floors.upper_floor_s("cg", PRIM, 0.25, 2) == pytest.approx(0.25 + 3.0 + 3 * 2.0)
     expected = 0.03 + 2 * (3 * 0.2 + 2 * 0.4) + 0.4
-    assert workloads.step_extra_s("cg", TERMS, 2) == pytest.approx(expected)
+    assert step_floors.step_extra_s("cg", TERMS, 2) == pytest.approx(expected)
 
 
 def test_floor_tasks_compute_what_they_are_charged_for() -> None:
@@ -89,7 +71,7 @@ def test_floor_tasks_compute_what_they_are_charged_for() -> None:
     import torch
 
     stamps: dict[str, list[float]] = {"lower": [], "upper": [], "products": []}
-    engine_mod, upper, lower, batch = workloads.build("ziggurat", "a", "cg", "10k", stamps)
+    engine_mod, upper, lower, batch = programs.build("ziggurat", "a", "cg", "10k", stamps)
     configs = __import__("ziggurat.configs", fromlist=["EngineConfig"])
     engine_mod.Engine(
         problems=[upper, lower],
@@ -97,10 +79,10 @@ def test_floor_tasks_compute_what_they_are_charged_for() -> None:
         config=configs.EngineConfig(train_iters=1, logger_type="none"),
     )
     x, y, xm, ym = batch
-    tasks = workloads.primitive_tasks("a", upper, lower, batch, products=3)
+    tasks = step_floors.primitive_tasks("a", upper, lower, batch, products=3)
     w0 = {k: p.detach() for k, p in lower.module.named_parameters()}
     lam0 = {k: p.detach() for k, p in upper.module.named_parameters()}
-    f = workloads.pure_lower_loss("a", upper, lower, x, y)
+    f = step_floors.pure_lower_loss("a", upper, lower, x, y)
     lower_loss = lower.training_step((x, y)).detach()
     assert float(f(w0, lam0)) == pytest.approx(float(lower_loss), rel=1e-6)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ziggurat import _check
+from ziggurat._verification import check_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "hypergradients.md"
@@ -68,7 +68,7 @@ def test_exits_zero_with_every_block(run) -> None:
 
 def test_every_method_has_a_row(run) -> None:
     tables = parse(run.stdout)
-    implicit = list(_check._methods((1.0, 2.0)))
+    implicit = list(check_methods((1.0, 2.0)))
     assert list(tables["a"]) == implicit
     assert list(tables["b"]) == [*implicit, "cg(tol=1e-10)+GN", "fixed_point(tol=1e-10)+GN"]
     assert list(tables["c"]) == [

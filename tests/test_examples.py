@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from ziggurat.datasets import digits, fashion_mnist_dir, read_idx
 from ziggurat.examples import fewshot, hpo, load, maml, nas, reweight, three_level
-from ziggurat.examples.data import (
-    digits,
-    fashion_mnist_dir,
-    read_idx,
-    rotated_classes,
-    symmetric_noise,
-)
+from ziggurat.examples.data import rotated_classes, symmetric_noise
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -224,13 +224,13 @@ DOCUMENTED = {
 @pytest.mark.parametrize("problem_name", ["quad", "ridge"])
 def test_approximate_methods_error_is_measured(problem_name: str, ridge: RidgeHPO) -> None:
     """The approximate methods' errors are the documented ones, to the printed digits."""
-    from ziggurat._check import _methods
+    from ziggurat._verification import check_methods
 
     problem = QuadraticBilevel.make(seed=0) if problem_name == "quad" else ridge
     w, lam, v = problem.point()
     H = problem.A if problem_name == "quad" else problem.hessian(lam)
     eig = torch.linalg.eigvalsh(H)
-    methods = _methods((float(eig.min()), float(eig.max())))
+    methods = check_methods((float(eig.min()), float(eig.max())))
     truth = problem.exact_vjp(v)["lam"]
     for name, (error, cosine, ratio) in DOCUMENTED[problem_name].items():
         got = methods[name](problem.inner, w, lam, v).vjp["lam"]

@@ -3,25 +3,25 @@ variance."""
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import pytest
 import torch
 
-from ziggurat.analytic import BernoulliReward
-from ziggurat.hypergradient import ConstantBaseline, LeaveOneOut, NoBaseline, reinforce
+from benchmarks.stats import (
+    BASELINES,
+    BERNOULLI,
+    THETA,
+    bernoulli_covered,
+    bernoulli_truth,
+    biased_covered,
+    gaussian_covered,
+    variance_ratios,
+)
+from ziggurat.hypergradient import ConstantBaseline, NoBaseline, reinforce
 
 D = torch.float64
-BERNOULLI = BernoulliReward.make()  # offset 5: harmless in expectation, ruinous for variance
-THETA = BERNOULLI.theta
-OFFSET = BERNOULLI.offset
 bernoulli_sample = BERNOULLI.sample
 bernoulli_log_prob = BERNOULLI.log_prob
 bernoulli_reward = BERNOULLI.reward
-
-
-def bernoulli_truth(theta):
-    return BERNOULLI.expected_gradient({"logits": theta})["logits"]
 
 
 def test_bernoulli_closed_form_against_enumeration() -> None:
@@ -35,91 +35,9 @@ def test_bernoulli_closed_form_against_enumeration() -> None:
     assert torch.allclose(grad, bernoulli_truth(THETA), rtol=1e-12, atol=1e-14)
 
 
-def gaussian_sample(lam, n, gen):
-    return lam["mu"] + lam["log_sigma"].exp() * torch.randn(n, generator=gen, dtype=D)
-
-
-def gaussian_log_prob(z, lam):
-    return torch.distributions.Normal(lam["mu"], lam["log_sigma"].exp()).log_prob(z)
-
-
-def estimates(method, log_prob, sample, reward, lam, seeds: int, first: int = 0) -> torch.Tensor:
-    """One estimate per seed ``first .. first + seeds - 1``."""
-    rows = []
-    for seed in range(first, first + seeds):
-        gen = torch.Generator().manual_seed(seed)
-        grad = method(log_prob, sample, reward, lam, gen).grad
-        rows.append(torch.cat([t.reshape(-1) for t in grad.values()]))
-    return torch.stack(rows)
-
-
-def within_confidence(est: torch.Tensor, truth: torch.Tensor, level: float = 0.99) -> bool:
-    """Each coordinate's mean within its two-sided confidence interval, Bonferroni-corrected so
-    that all coordinates hold jointly at ``level`` for an unbiased estimator."""
-    z = NormalDist().inv_cdf(1 - (1 - level) / (2 * truth.numel()))
-    se = est.std(0) / est.shape[0] ** 0.5
-    return bool(((est.mean(0) - truth).abs() <= z * se).all())
-
-
-# Each statistic is a function of its first seed, so that benchmarks/statistical_tests.py can
-# rerun it on other seeds and measure how often the test's assertion holds (docs/stochastic.md).
-def bernoulli_covered(baseline, first: int = 0) -> bool:
-    est = estimates(
-        reinforce(8, baseline=baseline),
-        bernoulli_log_prob,
-        bernoulli_sample,
-        bernoulli_reward,
-        {"logits": THETA},
-        600,
-        first,
-    )
-    return within_confidence(est, bernoulli_truth(THETA))
-
-
-GAUSS_LAM = {"mu": torch.tensor(0.4, dtype=D), "log_sigma": torch.tensor(-0.3, dtype=D)}
-
-
-def gaussian_covered(first: int = 0) -> bool:
-    est = estimates(
-        reinforce(8),
-        gaussian_log_prob,
-        gaussian_sample,
-        lambda z: (z - 1) ** 2,
-        GAUSS_LAM,
-        600,
-        first,
-    )
-    sigma2 = float(GAUSS_LAM["log_sigma"].exp() ** 2)
-    truth = torch.tensor([2 * (0.4 - 1.0), 2 * sigma2], dtype=D)
-    return within_confidence(est, truth)
-
-
-def biased_covered(first: int = 0) -> bool:
-    est = estimates(
-        reinforce(2, baseline=lambda r: r.mean().expand_as(r)),
-        bernoulli_log_prob,
-        bernoulli_sample,
-        bernoulli_reward,
-        {"logits": THETA},
-        600,
-        first,
-    )
-    return within_confidence(est, bernoulli_truth(THETA))
-
-
-def variance_ratios(first: int = 0) -> tuple[float, float]:
-    """Total variance of leave-one-out and of the constant baseline over the plain one's."""
-    lam = {"logits": THETA}
-    args = (bernoulli_log_prob, bernoulli_sample, bernoulli_reward, lam, 300, first)
-    plain = estimates(reinforce(8, baseline=NoBaseline()), *args).var(0).sum()
-    loo = estimates(reinforce(8, baseline=LeaveOneOut()), *args).var(0).sum()
-    const = estimates(reinforce(8, baseline=ConstantBaseline(OFFSET)), *args).var(0).sum()
-    return float(loo / plain), float(const / plain)
-
-
-BASELINES = [NoBaseline(), LeaveOneOut(), ConstantBaseline(OFFSET)]
-
-
+# Each statistic lives in benchmarks/stats.py as a function of its first seed, so that
+# benchmarks/statistical_tests.py can rerun it on other seeds and measure how often the test's
+# assertion holds (docs/stochastic.md).
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_bernoulli_unbiased_at_99_percent(baseline) -> None:
     """600 independent estimates of 8 draws each (seeds 0..599); the mean of every coordinate

@@ -5,35 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.stats import logistic_case, rel, stochastic_mean_error
 from registry import logistic_gauss_newton
 from ziggurat import linalg
 from ziggurat.analytic import LogisticHPO
 from ziggurat.hypergradient import PRESETS, Stochastic, cg, exact, random_batches, stochastic
 
 
-def logistic_case():
-    problem = LogisticHPO.breast_cancer()
-    w, lam, v = problem.point()
-    return problem, w, lam, v, exact()(problem.inner, w, lam, v).vjp["lam"]
-
-
 @pytest.fixture(scope="module")
 def logistic():
     return logistic_case()
-
-
-def rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def mean_error(logistic, num_batches: int, seeds: range) -> float:
-    problem, w, lam, v, ref = logistic
-    errors = []
-    for seed in seeds:
-        sampler = random_batches(problem.X, problem.y, batch_size=32, seed=seed)
-        method = stochastic(problem.batch_loss, sampler, num_batches=num_batches)
-        errors.append(rel(method(problem.inner, w, lam, v).vjp["lam"], ref))
-    return sum(errors) / len(errors)
 
 
 def test_newton_point_is_stationary(logistic) -> None:
@@ -48,8 +29,8 @@ def test_error_shrinks_with_the_number_of_batches(logistic) -> None:
     batches must beat 1 batch by a margin (measured: about 0.11 against 0.56). Deterministic at
     these seeds; the rate at which the margins hold for other seed sets is measured by
     benchmarks/statistical_tests.py and given in docs/stochastic.md."""
-    one = mean_error(logistic, 1, range(5))
-    sixteen = mean_error(logistic, 16, range(5))
+    one = stochastic_mean_error(logistic, 1, range(5))
+    sixteen = stochastic_mean_error(logistic, 16, range(5))
     assert sixteen < 0.6 * one
     assert sixteen < 0.25
 

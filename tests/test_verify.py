@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from registry import heavy_ball_model, neumann_model
-from ziggurat import verify
-from ziggurat._verify import measure_units, reference_vjp
-from ziggurat._verify_estimator import verify_estimator
+from ziggurat import verify, verify_estimator
+from ziggurat._verification import measure_units, reference_vjp
 from ziggurat.analytic import BernoulliReward, QuadraticBilevel
 from ziggurat.hypergradient import (
     LeaveOneOut,

@@ -11,10 +11,10 @@ from ._products import mixed_vjp_fd as mixed_vjp_fd
 from ._types import InnerLoss as InnerLoss
 from ._types import MatVec as MatVec
 from ._types import Params as Params
-from ._verify import VerifyReport as VerifyReport
-from ._verify import verify as verify
-from ._verify_estimator import EstimatorReport as EstimatorReport
-from ._verify_estimator import verify_estimator as verify_estimator
+from ._verification import EstimatorReport as EstimatorReport
+from ._verification import VerifyReport as VerifyReport
+from ._verification import verify as verify
+from ._verification import verify_estimator as verify_estimator
 from .configs import Config as Config
 from .configs import EngineConfig as EngineConfig
 from .engine import Engine as Engine

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -16,25 +17,45 @@ class CliError(Exception):
 def _check(args: argparse.Namespace) -> int:
     import torch
 
-    from ._check import run_check
+    from ._verification import run_check
 
     torch.set_num_threads(1)  # the analytic problems are tiny: threads only add overhead
     print(run_check(seed=args.seed))
     return 0
 
 
+_BENCH_MODULE = "benchmarks.engine_compare"
+"""What ``ziggurat bench`` runs with ``python -m``, from a source checkout."""
+
+
+def _bench_checkout() -> Path:
+    """The current directory, when it is a source checkout holding the benchmarks package.
+
+    The benchmarks are not part of the installed package, so ``ziggurat bench`` runs from the
+    root of a source checkout, as ``python -m benchmarks.engine_compare`` would.
+
+    Raises:
+        CliError: naming the module that was not found here.
+    """
+    root = Path.cwd()
+    script = root / Path(*_BENCH_MODULE.split(".")).with_suffix(".py")
+    if not script.is_file():
+        raise CliError(
+            f"needs to run from the root of a source checkout, where {_BENCH_MODULE} is "
+            f"({script} not found)"
+        )
+    return root
+
+
 def _bench(args: argparse.Namespace) -> int:
     import subprocess
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_compare.py"
-    if not script.is_file():
-        raise CliError(f"needs a source checkout with benchmarks/ ({script} not found)")
-    cmd = [sys.executable, str(script), *([] if args.full else ["--quick"])]
+    root = _bench_checkout()
+    cmd = [sys.executable, "-m", _BENCH_MODULE, *([] if args.full else ["--quick"])]
     if args.betty:
         _check_betty_python(args.betty)
         cmd += ["--betty", args.betty]
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(cmd, check=False, cwd=root).returncode
 
 
 def _check_betty_python(python: str) -> None:
@@ -175,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="time whole bilevel programs per method and print the table",
-        description="Run benchmarks/engine_compare.py (short version unless --full): time per "
-        "upper and lower step, peak RSS, ratios to a plain training step and to the floor.",
+        description="Run `python -m benchmarks.engine_compare` (short version unless --full) "
+        "from the root of a source checkout: time per upper and lower step, peak RSS, ratios to "
+        "a plain training step and to the floor.",
     )
     bench.add_argument("--betty", default=None, help="python of a venv with betty-ml 0.2.1")
     bench.add_argument("--full", action="store_true", help="the full series (about 30 min)")

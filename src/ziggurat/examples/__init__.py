@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ._result import Result as Result
-from ._result import Row as Row
+from ziggurat.examples.result import Result as Result
+from ziggurat.examples.result import Row as Row
 
 EXAMPLES = ("reweight", "hpo", "maml", "fewshot", "three_level", "nas")
 DEFAULT = "reweight"

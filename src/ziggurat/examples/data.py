@@ -1,108 +1,24 @@
-"""Offline data sets for the examples: scikit-learn's bundled sets and Fashion-MNIST.
+"""The examples' data preparation: splits, label noise, long tails, pooling, rotated classes.
 
-Fashion-MNIST (Xiao et al. 2017) is read from the idx files that Debian's
-``dataset-fashion-mnist`` package installs; no network and no torchvision are needed.
+The readers and the loader they use live in :mod:`ziggurat.datasets`; they are re-exported here
+so that code written against this module keeps working.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
-import os
-import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-_IDX_DTYPES: dict[int, Any] = {
-    0x08: np.uint8,
-    0x09: np.int8,
-    0x0B: ">i2",
-    0x0C: ">i4",
-    0x0D: ">f4",
-    0x0E: ">f8",
-}
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an idx file (optionally gzipped) into an array of its stored shape and type.
-
-    The format: two zero bytes, a type code, the number of dimensions ``d``, ``d`` big-endian
-    uint32 sizes, then the data in C order.
-    """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an idx file (header {raw[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=_IDX_DTYPES[code], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {data.size}")
-    return data.reshape(shape)
-
-
-def fashion_mnist_dir() -> Path | None:
-    """The directory holding the Fashion-MNIST idx files, or ``None`` when absent.
-
-    ``ZIGGURAT_FASHION_MNIST`` overrides the search (an empty value disables it).
-    """
-    env = os.environ.get("ZIGGURAT_FASHION_MNIST")
-    candidates = (env,) if env is not None else FASHION_MNIST_DIRS
-    for d in candidates:
-        if d and (Path(d) / "train-images-idx3-ubyte.gz").exists():
-            return Path(d)
-    return None
-
-
-@dataclass(frozen=True)
-class Images:
-    """A classification data set: ``x`` (n, features) in [0, 1], ``y`` (n,) int labels."""
-
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: int = 10
-
-
-def load_images(*, prefer_fashion: bool = True, verbose: bool = True) -> Images:
-    """Fashion-MNIST (784 features) when installed, else scikit-learn digits (64 features).
-
-    The fall-back is announced in one printed line when ``verbose``.
-    """
-    where = fashion_mnist_dir() if prefer_fashion else None
-    if where is not None:
-        x = read_idx(where / "train-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
-        y = read_idx(where / "train-labels-idx1-ubyte.gz").astype(np.int64)
-        xt = read_idx(where / "t10k-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
-        yt = read_idx(where / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-        return Images("fashion-mnist", x.astype(np.float32), y, xt.astype(np.float32), yt)
-    if verbose and prefer_fashion:
-        print(
-            "Fashion-MNIST not found (apt-get install dataset-fashion-mnist); using sklearn digits"
-        )
-    return digits()
-
-
-def digits(seed: int = 0, test_fraction: float = 0.3) -> Images:
-    """scikit-learn's 8x8 digits scaled to [0, 1], split into train and test at ``seed``."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    idx = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(test_fraction * len(x))
-    te, tr = idx[:n_test], idx[n_test:]
-    return Images("digits", x[tr], data.target[tr], x[te], data.target[te])
+from ziggurat.datasets import FASHION_MNIST_DIRS as FASHION_MNIST_DIRS
+from ziggurat.datasets import Batches as Batches
+from ziggurat.datasets import Images as Images
+from ziggurat.datasets import digits as digits
+from ziggurat.datasets import fashion_mnist_dir as fashion_mnist_dir
+from ziggurat.datasets import load_images as load_images
+from ziggurat.datasets import read_idx as read_idx
 
 
 def split(n: int, sizes: list[int], seed: int) -> list[np.ndarray]:
@@ -178,28 +94,3 @@ def rotated_classes(
 def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
     """``float32`` features and ``int64`` labels."""
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-
-
-class Batches:
-    """A re-iterable loader over in-memory tensors: one shuffled epoch per iteration.
-
-    Much cheaper than ``DataLoader(TensorDataset(...))`` for small tensors, since batches are
-    sliced, not collated sample by sample. ``batch_size=None`` yields the whole set.
-    """
-
-    def __init__(self, *tensors: Tensor, batch_size: int | None = None, seed: int = 0) -> None:
-        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
-            raise ValueError("Batches needs tensors of one common length")
-        self.tensors = tensors
-        self.batch_size = batch_size or len(tensors[0])
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.tensors[0]) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        n = len(self.tensors[0])
-        order = torch.randperm(n, generator=self.generator)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield tuple(t[idx] for t in self.tensors)

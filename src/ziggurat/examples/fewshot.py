@@ -9,8 +9,8 @@ class keeps at most ``PER_CLASS`` images; Fashion-MNIST is pooled to 14x14.
 A task is ``WAYS``-way ``shots``-shot: ``WAYS`` classes of the pool in random label order,
 ``shots`` support and ``QUERY`` query images per class. The upper level learns the
 initialisation ``phi`` of a 2-layer MLP, head included, such that ``INNER_STEPS`` SGD steps on
-the support set classify the query set (:func:`~ziggurat.examples._meta.meta_train`). iMAML's
-CG solve uses the Gauss-Newton matrix (:func:`~ziggurat.examples._meta.proximal_gauss_newton`):
+the support set classify the query set (:func:`~ziggurat.examples.meta.meta_train`). iMAML's
+CG solve uses the Gauss-Newton matrix (:func:`~ziggurat.examples.meta.proximal_gauss_newton`):
 with the exact Hessian it meets negative curvature and ``phi`` drifts to worse than random.
 
 Every initialisation is scored by the same plain SGD steps on the same test tasks (paired):
@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._types import Params
-from ._meta import METHODS as METHODS
-from ._meta import Adaptation, adapt, meta_train, predict, proximal_gauss_newton
-from ._progress import progress_range
-from ._result import Result
-from .data import Images, downsample, load_images, rotated_classes
+from ziggurat import Params
+from ziggurat.datasets import Images, load_images
+from ziggurat.examples.common import progress_range
+from ziggurat.examples.data import downsample, rotated_classes
+from ziggurat.examples.meta import METHODS as METHODS
+from ziggurat.examples.meta import Adaptation, adapt, meta_train, predict, proximal_gauss_newton
+from ziggurat.examples.result import Result
 
 DEFAULT_STEPS = 2000
 SHOTS = (1, 5)
@@ -188,7 +189,6 @@ def run(
         tasks_seen=steps,
         solver=proximal_gauss_newton(phi, lambda: tasks.support, ADAPTATION),
         progress=progress,
-        desc=f"fewshot ({method}, {shots}-shot)",
     )
     joint = pretrain(train_pool, steps, WAYS * (shots + QUERY), seed, progress)
 

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import Config, EngineConfig
-from ..hypergradient import Method, from_name
-from ..problems import ImplicitProblem
-from ._progress import ProgressEngine
-from ._result import Result
-from .data import Batches, as_tensors, split
+from ziggurat.configs import Config
+from ziggurat.datasets import Batches, sklearn_arrays
+from ziggurat.examples.common import HeldOutLoss, run_bilevel
+from ziggurat.examples.data import as_tensors, split
+from ziggurat.examples.result import Result
+from ziggurat.hypergradient import Method, from_name
+from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 40
 METHODS = ("cg", "neumann", "darts", "exact")
@@ -30,13 +31,11 @@ GRID = tuple(float(v) for v in np.logspace(-4, 1, 11))
 
 
 def _data(seed: int) -> tuple[tuple[Tensor, Tensor], ...]:
-    from sklearn.datasets import load_breast_cancer
-
-    d = load_breast_cancer()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    data, target = sklearn_arrays("breast_cancer")
+    x = (data - data.mean(0)) / data.std(0)
     n = len(x)
     tr, va, te = split(n, [int(0.25 * n), int(0.35 * n), n - int(0.25 * n) - int(0.35 * n)], seed)
-    return tuple(as_tensors(x[i], d.target[i]) for i in (tr, va, te))
+    return tuple(as_tensors(x[i], target[i]) for i in (tr, va, te))
 
 
 def _method(name: str) -> Method:
@@ -85,14 +84,6 @@ class LogDecay(nn.Module):
         return self.log_decay.exp()
 
 
-class Decay(ImplicitProblem):
-    """Upper level: validation cross-entropy of the lower level's classifier."""
-
-    def training_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.classifier(x), y)
-
-
 class Classifier(ImplicitProblem):
     """Lower level: training cross-entropy plus the per-feature penalty from the upper level."""
 
@@ -125,7 +116,7 @@ def run(
     unroll = 50
     decay = LogDecay(features, init=best_wd)  # refine the grid's answer per feature
     net = nn.Linear(features, 2)
-    upper = Decay(
+    upper = HeldOutLoss(  # the validation cross-entropy of the classifier
         name="decay",
         module=decay,
         optimizer=torch.optim.Adam(decay.parameters(), lr=0.05),
@@ -138,13 +129,7 @@ def run(
         train_data_loader=Batches(xtr, ytr),
         config=Config(hypergradient=_method(method), unroll_steps=unroll),
     )
-    ProgressEngine(
-        problems=[upper, lower],
-        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
-        config=EngineConfig(train_iters=steps * unroll, valid_step=0),
-        progress=progress,
-        desc=f"hpo ({method})",
-    ).run()
+    run_bilevel(upper, lower, steps=steps * unroll, progress=progress)
     learned = decay().detach()
     ours = fit(xtr, ytr, learned)  # refit to convergence with the learned decays
 

@@ -5,7 +5,7 @@ with ``K`` support points. The upper level learns an initialisation ``phi`` of a
 so that a few SGD steps on a task's support set fit its query set.
 
 The two-level program (``maml`` unrolled, ``imaml`` proximal with CG) is
-:func:`~ziggurat.examples._meta.meta_train`.
+:func:`~ziggurat.examples.meta.meta_train`.
 
 Baselines adapt with the same steps from a random initialisation and from a model pretrained
 on all tasks jointly.
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._types import Params
-from ._meta import METHODS as METHODS
-from ._meta import Adaptation, adapt, meta_train, predict
-from ._progress import progress_range
-from ._result import Result
+from ziggurat import Params
+from ziggurat.examples.common import progress_range
+from ziggurat.examples.meta import METHODS as METHODS
+from ziggurat.examples.meta import Adaptation, adapt, meta_train, predict
+from ziggurat.examples.result import Result
 
 DEFAULT_STEPS = 1500
 SHOTS, QUERY, INNER_STEPS, INNER_LR, PROX, TEST_TASKS = 10, 20, 5, 0.01, 1.0, 200
@@ -114,7 +114,6 @@ def run(
         query=tasks.loader(QUERY),
         tasks_seen=steps,
         progress=progress,
-        desc=f"maml ({method})",
     )
 
     ours = adapt_and_score(phi, seed)

@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import Config, EngineConfig
-from ..hypergradient import darts
-from ..problems import ImplicitProblem
-from ._cells import CELLS, OPS, Network, derive, edges, random_cell
-from ._progress import ProgressEngine, progress_range
-from ._result import Result
-from .data import Batches, Images, as_tensors, load_images
+from ziggurat.configs import Config
+from ziggurat.datasets import Batches, Images, load_images
+from ziggurat.examples.cells import CELLS, OPS, Network, derive, edges, random_cell
+from ziggurat.examples.common import endless, progress_range, run_bilevel
+from ziggurat.examples.data import as_tensors
+from ziggurat.examples.result import Result
+from ziggurat.hypergradient import darts
+from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 200
 METHODS = ("darts", "first_order", "darts_xi")
@@ -102,14 +103,9 @@ def retrain(
     net = Network(side, [(o,) for o in ops])
     ones = torch.ones(len(ops), 1)
     opt, sched = _sgd(net, steps)
-    batches = Batches(*data["train"], batch_size=BATCH, seed=seed)
-    it = iter(batches)
+    batches = endless(Batches(*data["train"], batch_size=BATCH, seed=seed))
     for _ in progress_range(steps, progress, f"nas retrain {'/'.join(ops)}"):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(batches)
-            x, y = next(it)
+        x, y = next(batches)
         opt.zero_grad()
         F.cross_entropy(net(x, ones), y).backward()
         opt.step()
@@ -157,13 +153,7 @@ def search(
         train_data_loader=Batches(*data["train"], batch_size=BATCH, seed=seed),
         config=supernet_config(method),
     )
-    ProgressEngine(
-        problems=[arch, network],
-        dependencies={"u2l": {arch: [network]}, "l2u": {network: [arch]}},
-        config=EngineConfig(train_iters=steps, valid_step=0),
-        progress=progress,
-        desc=f"nas search ({method})",
-    ).run()
+    run_bilevel(arch, network, steps=steps, progress=progress)
     return logits.alpha.detach().clone()
 
 

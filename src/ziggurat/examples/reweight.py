@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import Config, EngineConfig
-from ..problems import ImplicitProblem
-from ._progress import ProgressEngine, progress_range
-from ._result import Result
-from .data import Batches, Images, as_tensors, load_images, long_tail, symmetric_noise
+from ziggurat.configs import Config
+from ziggurat.datasets import Batches, Images, load_images
+from ziggurat.examples.common import HeldOutLoss, endless, progress_range, run_bilevel
+from ziggurat.examples.data import as_tensors, long_tail, symmetric_noise
+from ziggurat.examples.result import Result
+from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
 METHODS = ("cg", "neumann", "darts", "sama")
@@ -41,14 +42,6 @@ class WeightNet(nn.Module):
 
 def mlp(features: int, classes: int, hidden: int = 128) -> nn.Module:
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
-
-
-class Reweight(ImplicitProblem):
-    """Upper level: the classifier's loss on the clean meta set."""
-
-    def training_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.classifier(x), y)
 
 
 class Classifier(ImplicitProblem):
@@ -103,14 +96,9 @@ def _baseline(
     torch.manual_seed(seed)
     net = mlp(features, 10)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    batches = Batches(*train, batch_size=BATCH, seed=seed)
-    it = iter(batches)
+    batches = endless(Batches(*train, batch_size=BATCH, seed=seed))
     for _ in progress_range(steps, progress, "reweight baseline"):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(batches)
-            x, y = next(it)
+        x, y = next(batches)
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
@@ -144,7 +132,7 @@ def run(
 
     torch.manual_seed(seed)
     net, wnet = mlp(features, 10), WeightNet()
-    reweight = Reweight(
+    reweight = HeldOutLoss(  # the classifier's loss on the clean meta set
         name="reweight",
         module=wnet,
         optimizer=torch.optim.Adam(wnet.parameters(), lr=1e-3),
@@ -157,13 +145,7 @@ def run(
         train_data_loader=Batches(*train, batch_size=BATCH, seed=seed),
         config=Config(type=method, cg_iterations=3, neumann_iterations=3),
     )
-    ProgressEngine(
-        problems=[reweight, classifier],
-        dependencies={"u2l": {reweight: [classifier]}, "l2u": {classifier: [reweight]}},
-        config=EngineConfig(train_iters=steps, valid_step=0),
-        progress=progress,
-        desc=f"reweight ({method})",
-    ).run()
+    run_bilevel(reweight, classifier, steps=steps, progress=progress)
 
     setting = "40% symmetric noise" if imbalance is None else f"imbalance {imbalance:g}:1"
     result = Result(f"reweight: Meta-Weight-Net ({method}), {images.name}, {setting}")

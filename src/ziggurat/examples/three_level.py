@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import Config, EngineConfig
-from ..hypergradient import cg, from_name
-from ..problems import ImplicitProblem
-from ._progress import ProgressEngine
-from ._result import Result
-from .data import Batches, Images, as_tensors, digits
+from ziggurat import Engine
+from ziggurat.configs import Config, EngineConfig
+from ziggurat.datasets import Batches, Images, digits
+from ziggurat.examples.data import as_tensors
+from ziggurat.examples.result import Result
+from ziggurat.hypergradient import cg, from_name
+from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
 METHODS = ("neumann", "darts", "cg")
@@ -167,15 +168,13 @@ def run(
         raise ValueError(f"three_level method must be one of {METHODS}, got {method!r}")
     start = time.perf_counter()
     data = _data(images if images is not None else digits(seed), seed)
-    engine = EngineConfig(train_iters=steps, valid_step=0)
+    config = EngineConfig(train_iters=steps, valid_step=0, progress=progress)
 
     pretrain, finetune = _lower_levels(data, method, seed, uniform=True)
-    ProgressEngine(
+    Engine(
         problems=[finetune, pretrain],
         dependencies={"l2u": {pretrain: [finetune]}},
-        config=engine,
-        progress=progress,
-        desc="three_level baseline (2 levels)",
+        config=config,
     ).run()
     base = finetune.module
     assert base is not None
@@ -188,15 +187,13 @@ def run(
         optimizer=torch.optim.Adam(logits.parameters(), lr=LR_WEIGHTS),
         train_data_loader=Batches(*data["valid"]),
     )
-    ProgressEngine(
+    Engine(
         problems=[reweight, finetune, pretrain],
         dependencies={
             "u2l": {reweight: [pretrain]},
             "l2u": {pretrain: [finetune], finetune: [reweight]},
         },
-        config=engine,
-        progress=progress,
-        desc=f"three_level ({method} / cg)",
+        config=config,
     ).run()
     assert finetune.module is not None
 

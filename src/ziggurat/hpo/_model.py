@@ -11,9 +11,7 @@ differentiation of the pure training loss built with ``torch.func.functional_cal
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,48 +20,14 @@ from .. import _checks, _rng, _tree
 from .._types import Params
 from ..hypergradient import HopInfo, Method, cg
 from ._history import History
-
-Batch = tuple[Tensor, Tensor]
-"""``(inputs, targets)``."""
+from ._inputs import Batch, check_batch, check_hyper, require_callable
+from ._progress import progress_steps
 
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 
 
 def _default_inner_optimizer(params: Iterable[Tensor]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-2)
-
-
-def _check_batch(name: str, batch: object) -> Batch:
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError(f"fit {name} must be a pair (inputs, targets) of tensors, got {batch!r}")
-    x, y = batch[0], batch[1]
-    if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
-        raise ValueError(f"fit {name} must be a pair (inputs, targets) of tensors, got {batch!r}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"fit {name} inputs and targets must have the same number of rows, "
-            f"got {x.shape[0]} and {y.shape[0]}"
-        )
-    return x, y
-
-
-def _check_hyper(hyper: object) -> dict[str, Tensor]:
-    if not isinstance(hyper, Mapping) or not hyper:
-        raise ValueError(f"HyperModel hyper must be a non-empty dict of tensors, got {hyper!r}")
-    out: dict[str, Tensor] = {}
-    for name, value in hyper.items():
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise ValueError(
-                f"HyperModel hyper[{name!r}] must be a floating-point tensor, got {value!r}"
-            )
-        out[str(name)] = value.detach().clone().requires_grad_(True)
-    return out
-
-
-def _require_callable(name: str, value: object, optional: bool = False) -> None:
-    if (value is None and optional) or callable(value):
-        return
-    raise ValueError(f"HyperModel {name} must be callable, got {value!r}")
 
 
 class HyperModel:
@@ -99,10 +63,10 @@ class HyperModel:
     ) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError(f"HyperModel module must be a torch.nn.Module, got {module!r}")
-        _require_callable("loss", loss)
-        _require_callable("regularizer", regularizer, optional=True)
-        _require_callable("transform", transform, optional=True)
-        _require_callable("val_loss", val_loss, optional=True)
+        require_callable("loss", loss)
+        require_callable("regularizer", regularizer, optional=True)
+        require_callable("transform", transform, optional=True)
+        require_callable("val_loss", val_loss, optional=True)
         if regularizer is None and transform is None:
             raise ValueError(
                 "HyperModel needs a regularizer or a transform (or both): the hyperparameters "
@@ -111,11 +75,10 @@ class HyperModel:
         if not any(p.requires_grad for p in module.parameters()):
             raise ValueError("HyperModel module has no trainable parameters")
         self.module = module
-        self.hyper = _check_hyper(hyper)
+        self.hyper = check_hyper(hyper)
         self.loss, self.regularizer, self.transform = loss, regularizer, transform
         self.validation_loss = loss if val_loss is None else val_loss
 
-    # ---------------------------------------------------------------- pure losses
     def params(self) -> Params:
         """The module's trainable parameters, detached: the current ``w``."""
         return {n: p.detach() for n, p in self.module.named_parameters() if p.requires_grad}
@@ -134,7 +97,6 @@ class HyperModel:
         out = torch.func.functional_call(self.module, params, (batch[0],))
         return self.validation_loss(out, batch[1])
 
-    # ---------------------------------------------------------------- hypergradient
     def hypergradient(
         self, train: Batch, val: Batch, *, method: Method | None = None
     ) -> tuple[Params, HopInfo]:
@@ -150,7 +112,7 @@ class HyperModel:
         different augmentations, an error far larger than the product itself. Successive
         calls draw fresh seeds, and a fixed global seed makes them reproducible.
         """
-        train, val = _check_batch("train", train), _check_batch("val", val)
+        train, val = check_batch("train", train), check_batch("val", val)
         method = cg(50, 1e-10) if method is None else method
         w, lam = self.params(), _tree.detach(self.hyper)
         w_ = _tree.leaves(w)
@@ -166,7 +128,6 @@ class HyperModel:
         result = method(inner, w, lam, _tree.detach(v))
         return result.vjp, result.info
 
-    # ---------------------------------------------------------------- training
     def train_inner(self, optimizer: torch.optim.Optimizer, train: Batch, steps: int) -> None:
         """``steps`` calls of ``optimizer.step(closure)`` on the training loss, hyper fixed."""
         hyper = _tree.detach(self.hyper)
@@ -221,7 +182,7 @@ class HyperModel:
         Returns:
             The :class:`History`; the module and :attr:`hyper` hold the final values.
         """
-        train, val = _check_batch("train", train), _check_batch("val", val)
+        train, val = check_batch("train", train), check_batch("val", val)
         _checks.int_at_least("fit outer_steps", outer_steps, 1)
         _checks.int_at_least("fit inner_steps", inner_steps, 1)
         _checks.positive("fit hyper_lr", hyper_lr)
@@ -234,7 +195,9 @@ class HyperModel:
             else hyper_optimizer(hypers)
         )
         history = History()
-        steps = _steps(outer_steps, progress, history)  # a missing tqdm fails before training
+        steps = progress_steps(
+            outer_steps, progress, history
+        )  # a missing tqdm fails before training
         for _ in steps:
             self.train_inner(inner_opt, train, inner_steps)
             self._record(history, train, val)
@@ -250,49 +213,3 @@ class HyperModel:
         self.train_inner(inner_opt, train, inner_steps)
         self._record(history, train, val)
         return history
-
-
-def _steps(n: int, progress: bool | None, history: History) -> Iterator[int]:
-    """``range(n)``, reporting the last validation loss after each step as ``progress`` asks.
-
-    ``True``: a tqdm bar, and an ``ImportError`` naming the extra when tqdm is missing. ``None``:
-    the bar when tqdm is installed, else one line on stderr every ``max(1, n // 10)`` steps.
-    ``False``: nothing. Resolved before the first step, so a missing tqdm fails before training.
-    """
-    if progress is not None and not isinstance(progress, bool):
-        raise ValueError(f"fit progress must be True, False or None, got {progress!r}")
-    if progress is False:
-        return iter(range(n))
-    bar = _tqdm(required=progress is True)
-    if bar is None:
-        return _printed_steps(n, history)
-    return _bar_steps(bar, n, history)
-
-
-def _tqdm(*, required: bool) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        if required:
-            raise ImportError(
-                "HyperModel.fit(progress=True) needs tqdm: pip install 'ziggurat[progress]' "
-                "(or pass progress=None for a plain line every few steps, False for none)"
-            ) from None
-        return None
-    return tqdm
-
-
-def _bar_steps(tqdm: Any, n: int, history: History) -> Iterator[int]:
-    with tqdm(total=n, desc="hpo", unit="step") as bar:
-        for i in range(n):
-            yield i
-            bar.set_postfix(val_loss=f"{history.val_loss[-1]:.4g}")
-            bar.update(1)
-
-
-def _printed_steps(n: int, history: History) -> Iterator[int]:
-    every = max(1, n // 10)
-    for i in range(n):
-        yield i
-        if (i + 1) % every == 0 or i + 1 == n:
-            print(f"hpo step {i + 1}/{n}: val_loss {history.val_loss[-1]:.4g}", file=sys.stderr)

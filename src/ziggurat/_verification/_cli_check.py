@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._types import Params
-from ._verify import verify
-from ._verify_estimator import Estimator, verify_estimator
-from .analytic import BernoulliReward, LogisticHPO, QuadraticBilevel, RidgeHPO
-from .hypergradient import (
+from .._types import Params
+from ..analytic import BernoulliReward, BilevelFixture, LogisticHPO, QuadraticBilevel, RidgeHPO
+from ..hypergradient import (
     Baseline,
     ConstantBaseline,
     GaussNewton,
@@ -28,13 +26,22 @@ from .hypergradient import (
     stochastic,
     unrolled,
 )
-from .linalg import polyak_parameters
-from .optim import sgd
+from ..linalg import polyak_parameters
+from ..optim import sgd
+from ._estimator import Estimator, verify_estimator
+from ._verify import verify
 
 
-def _methods(
+def check_methods(
     spectrum: tuple[float, float], curvature: GaussNewton | None = None
 ) -> dict[str, Method]:
+    """The rows of tables (a) and (b): every preset, tuned to a Hessian's spectrum.
+
+    Args:
+        spectrum: the smallest and largest eigenvalue of the lower Hessian, which set the
+            Neumann and fixed-point step ``1 / lambda_max`` and Polyak's heavy-ball momentum.
+        curvature: a Gauss-Newton model of the problem, which adds its two rows.
+    """
     lambda_min, lambda_max = spectrum
     alpha = 1.0 / lambda_max
     step, beta = polyak_parameters(lambda_min, lambda_max)
@@ -70,9 +77,17 @@ def _ridge_gauss_newton(ridge: RidgeHPO) -> GaussNewton:
     )
 
 
+def _bilevel_block(
+    title: str, fixture: BilevelFixture, methods: dict[str, Method], repeats: int = 3
+) -> str:
+    """``title`` over the :func:`verify` table of ``methods`` at the fixture's point."""
+    w, lam, v = fixture.point()
+    report = verify(fixture.inner, w, lam, v, methods=methods, repeats=repeats)
+    return f"{title}\n{report}"
+
+
 def _logistic_block() -> str:
     problem = LogisticHPO.breast_cancer()
-    w, lam, v = problem.point()
     gn = gauss_newton(
         lambda w, lam: problem.X @ w["w"] + w["b"],
         lambda out: torch.nn.functional.binary_cross_entropy_with_logits(out, problem.y),
@@ -86,8 +101,8 @@ def _logistic_block() -> str:
         "stochastic(16x32)": stochastic(problem.batch_loss, sampler, num_batches=16),
         "darts": darts(),
     }
-    report = verify(problem.inner, w, lam, v, methods=methods, repeats=1)
-    return f"(c) per-feature L2 logistic regression on breast_cancer (31 parameters)\n{report}"
+    title = "(c) per-feature L2 logistic regression on breast_cancer (31 parameters)"
+    return _bilevel_block(title, problem, methods, repeats=1)
 
 
 def _reinforce_block() -> str:
@@ -125,9 +140,8 @@ def run_check(seed: int = 0) -> str:
     """The tables printed by ``ziggurat check``."""
     blocks = []
     quad = QuadraticBilevel.make(seed=seed)
-    w, lam, v = quad.point()
-    report = verify(quad.inner, w, lam, v, methods=_methods(_spectrum(quad.A)))
-    blocks.append(f"(a) quadratic bilevel, 8 lower / 5 upper parameters\n{report}")
+    title = "(a) quadratic bilevel, 8 lower / 5 upper parameters"
+    blocks.append(_bilevel_block(title, quad, check_methods(_spectrum(quad.A))))
     try:
         ridge = RidgeHPO.diabetes()
     except ImportError:
@@ -135,10 +149,10 @@ def run_check(seed: int = 0) -> str:
             "(b) ridge HPO skipped: install scikit-learn (pip install 'ziggurat[examples]')"
         )
     else:
-        w, lam, v = ridge.point()
-        methods = _methods(_spectrum(ridge.hessian(lam)), _ridge_gauss_newton(ridge))
-        report = verify(ridge.inner, w, lam, v, methods=methods)
-        blocks.append(f"(b) per-feature ridge HPO on diabetes (10 features)\n{report}")
+        spectrum = _spectrum(ridge.hessian({"lam": ridge.lam0}))
+        methods = check_methods(spectrum, _ridge_gauss_newton(ridge))
+        title = "(b) per-feature ridge HPO on diabetes (10 features)"
+        blocks.append(_bilevel_block(title, ridge, methods))
         blocks.append(_logistic_block())
     blocks.append(_reinforce_block())
     return "\n\n".join(blocks)

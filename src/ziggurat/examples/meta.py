@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from .._types import Params
-from ..configs import Config, EngineConfig
-from ..hypergradient import Method, cg, gauss_newton
-from ..problems import ImplicitProblem, IterativeProblem
-from ._progress import ProgressEngine
+from ziggurat import Params
+from ziggurat.configs import Config
+from ziggurat.examples.common import run_bilevel
+from ziggurat.hypergradient import Method, cg, gauss_newton
+from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 METHODS = ("maml", "imaml")
 
@@ -133,7 +133,6 @@ def meta_train(
     meta_lr: float = 1e-3,
     solver: Method | None = None,
     progress: bool = True,
-    desc: str = "",
 ) -> None:
     """Meta-train ``phi`` in place on ``tasks_seen`` tasks with Adam(``meta_lr``).
 
@@ -165,14 +164,7 @@ def meta_train(
         hypergradient = solver if solver is not None else cg(5)
         config = Config(unroll_steps=adaptation.steps, hypergradient=hypergradient)
         learner = ProximalLearner(**options, config=config)
-    ProgressEngine(
-        problems=[meta, learner],
-        dependencies={"u2l": {meta: [learner]}, "l2u": {learner: [meta]}},
-        config=EngineConfig(train_iters=tasks_seen * adaptation.steps, valid_step=0),
-        env=tasks,
-        progress=progress,
-        desc=desc,
-    ).run()
+    run_bilevel(meta, learner, steps=tasks_seen * adaptation.steps, progress=progress, env=tasks)
 
 
 def adapt(model: nn.Module, start: Params, x: Tensor, y: Tensor, adaptation: Adaptation) -> Params:

@@ -15,77 +15,16 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import torch
 
-from . import _checks, _tree
-from ._types import Params
-from ._verify import find_row
+from .. import _checks, _tree
+from .._types import Params
+from ._report import EstimatorReport, EstimatorRow
 
 Estimator = Callable[[torch.Generator], Params]
 """``estimate(generator) -> gradient estimate``, a tree shaped like the truth."""
-
-
-@dataclass(frozen=True)
-class EstimatorRow:
-    """One estimator's figures over ``estimates`` independent calls.
-
-    Attributes:
-        rel_error_mean: ``||mean - g*|| / ||g*||`` for the mean of the calls.
-        rel_std_error: ``sqrt(sum_i se_i^2) / ||g*||``, the size ``rel_error_mean`` has for an
-            unbiased estimator (``se_i``: standard error of coordinate ``i`` of the mean).
-        max_z: ``max_i |mean_i - g*_i| / se_i``.
-        covered: whether every coordinate lies within its interval at the report's level.
-        rel_error_one: mean over calls of ``||g_s - g*|| / ||g*||``, what one call gives.
-        seconds: median wall time of one call.
-    """
-
-    method: str
-    rel_error_mean: float
-    rel_std_error: float
-    max_z: float
-    covered: bool
-    rel_error_one: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class EstimatorReport:
-    """Rows of :func:`verify_estimator`, printable as a table."""
-
-    estimates: int
-    level: float
-    rows: list[EstimatorRow] = field(default_factory=list)
-
-    def row(self, method: str) -> EstimatorRow:
-        return find_row(self.rows, method)
-
-    def __str__(self) -> str:
-        width = max([14, *(len(r.method) + 2 for r in self.rows)])
-        ci = f"in {self.level:.0%} CI"
-        head = (
-            f"{'estimator':<{width}}{'err(mean)':>11}{'std.err':>10}{'max|z|':>8}{ci:>11}"
-            f"{'err(one)':>10}{'ms':>8}"
-        )
-        lines = [
-            f"{self.estimates} independent calls per estimator. err(mean): relative error of "
-            "their mean;",
-            "std.err: its expected size if unbiased; max|z|: largest |mean - truth| / standard "
-            "error;",
-            f"{ci}: every coordinate in its joint {self.level:.0%} interval (Bonferroni); "
-            "err(one): mean error of one call",
-            head,
-            "-" * len(head),
-        ]
-        for r in self.rows:
-            lines.append(
-                f"{r.method:<{width}}{r.rel_error_mean:>11.2e}{r.rel_std_error:>10.2e}"
-                f"{r.max_z:>8.2f}{'yes' if r.covered else 'no':>11}{r.rel_error_one:>10.3f}"
-                f"{r.seconds * 1e3:>8.3f}"
-            )
-        return "\n".join(lines)
 
 
 def _row(name: str, samples: torch.Tensor, truth: torch.Tensor, z_crit: float) -> EstimatorRow:
