@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ziggurat import Engine
+from ziggurat import Engine, mixed_vjp_fd
 from ziggurat.configs import Config, EngineConfig
+from ziggurat.hypergradient import NO_CONTEXT, HopContext, HopInfo, HopResult, Method
 from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 D = torch.float64
@@ -98,6 +99,27 @@ def _mlp(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(DIM, 6), nn.Tanh(), nn.Linear(6, 2), nn.Linear(2, 1)).to(D)
 
 
+class HalfStepDarts(Method):
+    """A user's own method: DARTS with ``H^{-1} ~ I / 2``, by central finite differences. It
+    declares that it needs only first-order autograd, so FSDP2 may shard its level."""
+
+    @property
+    def name(self) -> str:
+        return "half_step_darts"
+
+    @property
+    def first_order_only(self) -> bool:
+        return True
+
+    @property
+    def finite_differences(self) -> bool:
+        return True
+
+    def __call__(self, inner, w, lam, v, context: HopContext = NO_CONTEXT) -> HopResult:
+        half = {k: -0.5 * t for k, t in v.items()}
+        return HopResult(mixed_vjp_fd(inner, w, lam, half, 0.01), HopInfo(self.name))
+
+
 LOWER_CONFIGS = {
     "darts": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "cg": Config(type="cg", cg_iterations=DIM + 1, unroll_steps=2),
@@ -111,6 +133,7 @@ LOWER_CONFIGS = {
     "wide": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "inputs": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "first_order": Config(type="first_order", unroll_steps=2),
+    "custom": Config(hypergradient=HalfStepDarts(), unroll_steps=2),
     "three_fsdp": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "rollback_fsdp": Config(type="sama", unroll_steps=2),
     "ckpt_rollback": Config(type="sama", unroll_steps=2),

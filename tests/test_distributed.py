@@ -42,6 +42,8 @@ JOBS = [
     ("wide", "ddp"),
     ("first_order", "ddp"),
     ("first_order", "fsdp"),
+    ("custom", "ddp"),
+    ("custom", "fsdp"),
     ("darts", "fsdp"),
     ("wide", "fsdp"),
     ("inputs", "fsdp"),
@@ -109,7 +111,7 @@ def test_early_stopping_decided_on_rank_zero_stops_every_rank(ranks: list[dict])
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("program", ["darts", "wide", "sama", "first_order"])
+@pytest.mark.parametrize("program", ["darts", "wide", "sama", "first_order", "custom"])
 def test_fsdp_matches_ddp(ranks: list[dict], program: str) -> None:
     for r in range(WORLD):
         assert_close(ranks[r][(program, "fsdp")], ranks[r][(program, "ddp")], atol=FSDP_ATOL)
@@ -126,7 +128,9 @@ def test_fsdp_shards_only_the_lowest_level(ranks: list[dict], program: str) -> N
     assert sum(local) == held[0]["lower"][1] and 0 < min(local) < held[0]["lower"][1]
 
 
-@pytest.mark.parametrize("program", ["three", "accum", "sama", "wide", "inputs", "unrolled"])
+@pytest.mark.parametrize(
+    "program", ["three", "accum", "sama", "wide", "inputs", "unrolled", "custom"]
+)
 def test_programs_move_every_level(program: str) -> None:
     """Equality above is not that of untouched parameters: every level's tensors change."""
     before = parameters(build(program, 0, 1, "default"))

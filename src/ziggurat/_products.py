@@ -16,7 +16,6 @@ from torch import Tensor
 
 from . import _checks, _tree
 from ._types import InnerLoss, Params
-from .linalg._rhs import finite_rhs_norm
 
 
 def scalar_loss(value: object, where: str) -> Tensor:
@@ -134,7 +133,7 @@ def default_fd_step(w: Params, u: Params) -> float:
     """
     first = next(iter(w.values()))
     eps = torch.finfo(first.dtype if first.is_floating_point() else torch.float32).eps
-    u_norm = finite_rhs_norm(u, "finite-difference mixed product")
+    u_norm = _tree.finite_rhs_norm(u, "finite-difference mixed product")
     if u_norm == 0.0:
         return 0.0
     return eps ** (1.0 / 3.0) * max(1.0, float(_tree.norm(_tree.detach(w)))) / u_norm
@@ -152,7 +151,7 @@ def mixed_vjp_fd(
     """
     if radius is not None:
         _checks.positive("finite-difference radius", radius)
-        u_norm = finite_rhs_norm(u, "finite-difference mixed product")
+        u_norm = _tree.finite_rhs_norm(u, "finite-difference mixed product")
         h = radius / u_norm if u_norm > 0 else 0.0
     else:
         h = default_fd_step(w, u)

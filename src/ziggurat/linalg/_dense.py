@@ -10,7 +10,6 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import LinearSolver, SolveResult
-from ._rhs import finite_rhs_norm
 
 
 def materialize(matvec: MatVec, like: Params) -> torch.Tensor:
@@ -46,7 +45,7 @@ class Dense(LinearSolver):
                 f"dense solve: {n} unknowns exceed max_size={self.max_size}; "
                 "use conjugate_gradient for large problems or raise max_size"
             )
-        b_norm = finite_rhs_norm(b, "dense solve")
+        b_norm = _tree.finite_rhs_norm(b, "dense solve")
         h = materialize(damped(matvec, self.damping), b)
         rhs = _tree.flatten(b)
         try:

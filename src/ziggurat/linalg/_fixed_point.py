@@ -32,7 +32,6 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import LinearSolver, SolveResult
-from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class FixedPoint(LinearSolver):
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
-        b_norm = finite_rhs_norm(b, "fixed_point")
+        b_norm = _tree.finite_rhs_norm(b, "fixed_point")
         if b_norm == 0.0:
             return SolveResult(x=_tree.zeros_like(b), iterations=0, residual=0.0)
         stop = 0.0 if self.tol is None else self.tol * b_norm

@@ -8,7 +8,6 @@ from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
 from ._result import LinearSolver, SolveResult
-from ._rhs import finite_rhs_norm
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Neumann(LinearSolver):
 
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
-        b_norm = finite_rhs_norm(b, "neumann")
+        b_norm = _tree.finite_rhs_norm(b, "neumann")
         term = total = b
         # the first update allocates the iterates (b is the caller's); the rest run in place
         for i in range(self.iterations):
