@@ -2,3 +2,4 @@
 
 from ._engine_config import EngineConfig as EngineConfig
 from ._problem_config import Config as Config
+from ._problem_config import METHOD_OPTIONS as METHOD_OPTIONS
