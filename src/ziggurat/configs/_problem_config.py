@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
-from ..hypergradient import CONFIG_TYPES, Method, from_name
+from ..hypergradient import CONFIG_TYPES, PRODUCT_RULES, PRODUCT_TYPES, Method, from_name
 from ._fields import assign, check_flags
 
 METHOD_TYPES = CONFIG_TYPES
@@ -22,7 +22,12 @@ METHOD_OPTIONS: dict[str, dict[str, str]] = {
     "exact": {},
     "first_order": {},
 }
-"""For each ``type``, the preset's keyword options and the ``Config`` fields that set them."""
+"""For each ``type``, the preset's keyword options and the ``Config`` fields that set them.
+``Config(curvature=...)`` adds the ``curvature=`` and ``mixed=`` options of the types in
+``PRODUCT_TYPES``, from ``PRODUCT_RULES``."""
+
+CURVATURES = tuple(PRODUCT_RULES)
+"""The names ``Config(curvature=...)`` accepts (defined once, with the presets)."""
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -64,6 +69,16 @@ class Config:
     * ``allow_unused`` is accepted; unused parameters always receive a zero hypergradient.
     * ``darts_multitask`` / ``sama_multitask`` must stay False, and ``type="reinforce"`` is
       refused (see :func:`_check_betty_only`).
+
+    ziggurat options for models without double backward (fused ``scaled_dot_product_attention``,
+    FSDP2-sharded parameters):
+
+    * ``curvature="finite_difference"`` is the one switch for "only ordinary backward passes":
+      ``neumann``, ``cg`` and ``exact`` then take both their Hessian-vector products and their
+      mixed product by central differences of gradients (``FiniteDifference`` and
+      ``MixedFiniteDifference``; step from the dtype and the norms), so the method is
+      ``first_order_only``. The default ``"autograd"`` uses double backward. ``darts``,
+      ``sama`` and ``first_order`` are first-order already and ignore it.
     """
 
     type: str = "darts"
@@ -89,6 +104,7 @@ class Config:
     cg_alpha: float = 1.0
     cg_tol: float = 1e-10
     cg_warm_start: bool = False
+    curvature: str = "autograd"
     hypergradient: Method | None = None
     hypergradient_batches: int = 1
     checkpoint_segments: int | str | None = None
@@ -105,6 +121,7 @@ class Config:
     def validate(self) -> None:
         check_flags(self)
         _check_betty_only(self)
+        _check_first_order_options(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
         elif not isinstance(self.hypergradient, Method):
@@ -142,6 +159,8 @@ class Config:
         if self.hypergradient is not None:
             return self.hypergradient
         options = {key: getattr(self, field) for key, field in METHOD_OPTIONS[self.type].items()}
+        if self.type in PRODUCT_TYPES:
+            options.update(PRODUCT_RULES[self.curvature])
         return from_name(self.type, **options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +168,17 @@ class Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hypergradient"] = None if self.hypergradient is None else repr(self.hypergradient)
         return out
+
+
+def _check_first_order_options(config: Config) -> None:
+    """``curvature``: one of the names, and only for a method built from ``type``."""
+    _checks.one_of("Config curvature", config.curvature, CURVATURES)
+    if config.curvature != "autograd" and config.hypergradient is not None:
+        raise ValueError(
+            f"Config curvature={config.curvature!r} applies to the method built from type=...; "
+            "with an explicit hypergradient method, pass the products to it instead, e.g. "
+            "cg(curvature=FiniteDifference(), mixed=MixedFiniteDifference())"
+        )
 
 
 def _check_betty_only(config: Config) -> None:

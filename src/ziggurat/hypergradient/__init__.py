@@ -7,6 +7,7 @@ from ._base import HopResult as HopResult
 from ._base import Method as Method
 from ._base import best_response_vjp as best_response_vjp
 from ._betty import jvp_fn_mapping as jvp_fn_mapping
+from ._finite_difference import FiniteDifference as FiniteDifference
 from ._first_order import FirstOrder as FirstOrder
 from ._gauss_newton import GaussNewton as GaussNewton
 from ._gauss_newton import gauss_newton as gauss_newton
@@ -21,6 +22,8 @@ from ._path import Hop as Hop
 from ._path import fold as fold
 from ._presets import CONFIG_TYPES as CONFIG_TYPES
 from ._presets import PRESETS as PRESETS
+from ._presets import PRODUCT_RULES as PRODUCT_RULES
+from ._presets import PRODUCT_TYPES as PRODUCT_TYPES
 from ._presets import cg as cg
 from ._presets import darts as darts
 from ._presets import exact as exact

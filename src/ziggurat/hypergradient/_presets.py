@@ -12,11 +12,13 @@ from typing import Any
 from .. import linalg
 from ..optim import FunctionalOptimizer
 from ._base import Method
+from ._finite_difference import FiniteDifference
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._optimizer_map import linearised_map
 from ._sama import Sama
 from ._stochastic import BatchLoss, Sampler, Stochastic
+from ._strategies import MixedRule
 from ._unrolled import Unrolled
 
 
@@ -38,14 +40,16 @@ def neumann(
     *,
     damping: float = 0.0,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Neumann-series implicit differentiation (Lorraine et al., AISTATS 2020).
 
     Needs ``alpha < 2 / lambda_max(H)``. Costs ``iterations`` Hessian-vector products plus one
-    mixed product.
+    mixed product. ``curvature=FiniteDifference(), mixed=MixedFiniteDifference()`` needs only
+    first-order autograd (as for every preset below that takes both).
     """
     solver = linalg.neumann(iterations, alpha, damping=damping)
-    return Implicit(solver, MixedAutograd(), curvature, label="neumann")
+    return Implicit(solver, mixed, curvature, label="neumann")
 
 
 def cg(
@@ -55,13 +59,14 @@ def cg(
     damping: float = 0.0,
     warm_start: bool = False,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Conjugate-gradient implicit differentiation (as in iMAML, Rajeswaran et al. 2019).
 
     Exact after ``n`` iterations on ``n`` parameters when ``H`` is positive definite.
     """
     solver = linalg.conjugate_gradient(maxiter, tol, damping=damping, warm_start=warm_start)
-    return Implicit(solver, MixedAutograd(), curvature, label="cg")
+    return Implicit(solver, mixed, curvature, label="cg")
 
 
 def fixed_point(
@@ -72,6 +77,7 @@ def fixed_point(
     tol: float | None = None,
     damping: float = 0.0,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Fixed-point implicit differentiation (Grazzi et al., ICML 2020).
 
@@ -86,7 +92,7 @@ def fixed_point(
     optimizer.
     """
     solver = linalg.fixed_point(iterations, step, tol=tol, damping=damping, momentum=momentum)
-    return Implicit(solver, MixedAutograd(), curvature, label="fixed_point")
+    return Implicit(solver, mixed, curvature, label="fixed_point")
 
 
 def fixed_point_of(
@@ -95,6 +101,7 @@ def fixed_point_of(
     *,
     tol: float | None = None,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """:func:`fixed_point` on the linearised update map of the inner ``optimizer``.
 
@@ -106,13 +113,24 @@ def fixed_point_of(
     """
     m = linearised_map(optimizer)
     return fixed_point(
-        iterations, m.step, momentum=m.momentum, tol=tol, damping=m.damping, curvature=curvature
+        iterations,
+        m.step,
+        momentum=m.momentum,
+        tol=tol,
+        damping=m.damping,
+        curvature=curvature,
+        mixed=mixed,
     )
 
 
-def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> Implicit:
+def exact(
+    *,
+    damping: float = 0.0,
+    curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
+) -> Implicit:
     """Implicit differentiation with a dense direct solve: the reference for small problems."""
-    return Implicit(linalg.dense(damping=damping), MixedAutograd(), curvature, label="exact")
+    return Implicit(linalg.dense(damping=damping), mixed, curvature, label="exact")
 
 
 def stochastic(
@@ -174,6 +192,21 @@ PRESETS: dict[str, Callable[..., Method]] = {
 
 CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
 """The preset names ``Config(type=...)`` accepts (Betty's method names)."""
+
+PRODUCT_RULES: dict[str, dict[str, Curvature | MixedRule]] = {
+    "autograd": {"curvature": DoubleBackward(), "mixed": MixedAutograd()},
+    "finite_difference": {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()},
+}
+"""``Config(curvature=...)``: the ``curvature=`` and ``mixed=`` options of the implicit presets.
+
+``"autograd"`` takes Hessian-vector and mixed products by double backward; ``"finite_difference"``
+takes both by central differences of ordinary gradients (:class:`FiniteDifference`,
+:class:`MixedFiniteDifference`), so the method needs only first-order autograd.
+"""
+
+PRODUCT_TYPES = ("neumann", "cg", "fixed_point", "exact")
+"""The presets that take ``curvature=`` and ``mixed=`` (the others are first-order already or,
+like ``stochastic``, take their own products)."""
 
 
 def from_name(name: str, **options: Any) -> Method:
