@@ -41,6 +41,8 @@ from ziggurat.hypergradient import (
     fixed_point_of,
     gauss_newton,
     neumann,
+    penalty,
+    penalty_of,
     sama,
     unrolled,
 )
@@ -179,6 +181,14 @@ so a central difference has no truncation error and only rounding remains: about
 number of ``H`` (at most 37 here). Measured at most 9.4e-11 over the quadratic, ridge and
 three-level problems (cg_fd on the quadratic)."""
 
+TOL_PENALTY = 1e-6
+"""The penalty method with its default ``eps`` in float64, against its model (``fixed_point``'s
+iterates on a quadratic). Its difference is one-sided, so its default displacement is
+``sqrt(eps_mach) max(1, ||w||)`` rather than ``eps_mach^(1/3)``: rounding of order
+``sqrt(eps_mach) = 1.5e-8`` relative, times up to the condition number, plus on ridge an
+``O(eps)`` truncation of the same order (``grad_lam f = w^2 / 2`` is not linear in ``w``).
+Measured at most 1.8e-7 (ridge)."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -197,6 +207,15 @@ FD = {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()}
 
 def _solve(s: Spec, v: Tensor) -> Tensor:
     return torch.linalg.solve(s.H, v)
+
+
+def _warm(s: Spec, key: str) -> HopContext:
+    return HopContext(warm_start={key: torch.zeros(s.n, dtype=s.H.dtype)})
+
+
+def _polyak_penalty(s: Spec, steps: int) -> Method:
+    step, mu = s.polyak
+    return penalty(steps, step, momentum=mu)
 
 
 def _precond(spec: Spec) -> Tensor:
@@ -366,6 +385,37 @@ CASES: list[Case] = [
         lambda s, v: heavy_ball_model(s.H, v, 5, *s.polyak),
         False,
         tol=TOL_FD,
+    ),
+    # the penalty method (F2SA / BOME): fixed_point's iterates on a quadratic
+    Case("penalty_long", lambda s: penalty(s.long, 1.0 / s.lmax), _solve, True, tol=TOL_PENALTY),
+    Case(
+        "penalty_warm",
+        lambda s: penalty(s.long, 1.0 / s.lmax, warm_start=True),
+        _solve,
+        True,
+        _warm,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_5",
+        lambda s: penalty(5, 1.0 / s.lmax),
+        lambda s, v: neumann_model(s.H, v, 4, 1.0 / s.lmax),
+        False,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_momentum_5",
+        lambda s: _polyak_penalty(s, 5),
+        lambda s, v: heavy_ball_model(s.H, v, 5, *s.polyak),
+        False,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_of_momentum_sgd",
+        lambda s: penalty_of(sgd(1.0 / s.lmax, momentum=0.9), s.long_heavy_ball(1.0 / s.lmax, 0.9)),
+        _solve,
+        True,
+        tol=TOL_PENALTY,
     ),
 ]
 

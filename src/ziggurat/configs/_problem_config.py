@@ -21,6 +21,13 @@ METHOD_OPTIONS: dict[str, dict[str, str]] = {
     "cg": {"maxiter": "cg_iterations", "tol": "cg_tol", "warm_start": "cg_warm_start"},
     "exact": {},
     "first_order": {},
+    "penalty": {
+        "steps": "penalty_steps",
+        "step": "penalty_step",
+        "epsilon": "penalty_epsilon",
+        "momentum": "penalty_momentum",
+        "warm_start": "penalty_warm_start",
+    },
 }
 """For each ``type``, the preset's keyword options and the ``Config`` fields that set them.
 ``Config(curvature=...)`` adds the ``curvature=`` and ``mixed=`` options of the types in
@@ -78,7 +85,13 @@ class Config:
       mixed product by central differences of gradients (``FiniteDifference`` and
       ``MixedFiniteDifference``; step from the dtype and the norms), so the method is
       ``first_order_only``. The default ``"autograd"`` uses double backward. ``darts``,
-      ``sama`` and ``first_order`` are first-order already and ignore it.
+      ``sama``, ``first_order`` and ``penalty`` are first-order already and ignore it.
+    * ``type="penalty"`` is the fully first-order penalty method (F2SA, Kwon et al. 2023; BOME,
+      Liu et al. 2022), which converges to the exact hypergradient as ``penalty_steps`` grows:
+      ``penalty_steps`` gradient steps of size ``penalty_step`` (with ``penalty_momentum``) on
+      the lower loss tilted by ``penalty_epsilon`` (``None``: from the dtype and the norms).
+      ``penalty_step`` must be below ``2 / lambda_max`` of the lower loss's Hessian; the lower
+      level's SGD learning rate is a safe value (the default 1.0 follows ``neumann_alpha``).
     """
 
     type: str = "darts"
@@ -105,6 +118,11 @@ class Config:
     cg_tol: float = 1e-10
     cg_warm_start: bool = False
     curvature: str = "autograd"
+    penalty_steps: int = 10
+    penalty_step: float = 1.0
+    penalty_epsilon: float | None = None
+    penalty_momentum: float = 0.0
+    penalty_warm_start: bool = False
     hypergradient: Method | None = None
     hypergradient_batches: int = 1
     checkpoint_segments: int | str | None = None
@@ -171,7 +189,7 @@ class Config:
 
 
 def _check_first_order_options(config: Config) -> None:
-    """``curvature``: one of the names, and only for a method built from ``type``."""
+    """``curvature`` and the ``penalty_*`` fields."""
     _checks.one_of("Config curvature", config.curvature, CURVATURES)
     if config.curvature != "autograd" and config.hypergradient is not None:
         raise ValueError(
@@ -179,6 +197,13 @@ def _check_first_order_options(config: Config) -> None:
             "with an explicit hypergradient method, pass the products to it instead, e.g. "
             "cg(curvature=FiniteDifference(), mixed=MixedFiniteDifference())"
         )
+    _checks.int_at_least("Config penalty_steps", config.penalty_steps, 1)
+    _checks.positive("Config penalty_step", config.penalty_step)
+    if config.penalty_epsilon is not None:
+        _checks.positive("Config penalty_epsilon", config.penalty_epsilon)
+    _checks.non_negative("Config penalty_momentum", config.penalty_momentum)
+    if config.penalty_momentum >= 1.0:
+        raise ValueError(f"Config penalty_momentum must be < 1, got {config.penalty_momentum!r}")
 
 
 def _check_betty_only(config: Config) -> None:

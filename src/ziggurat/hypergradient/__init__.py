@@ -20,6 +20,7 @@ from ._optimizer_map import LinearisedMap as LinearisedMap
 from ._optimizer_map import linearised_map as linearised_map
 from ._path import Hop as Hop
 from ._path import fold as fold
+from ._penalty import Penalty as Penalty
 from ._presets import CONFIG_TYPES as CONFIG_TYPES
 from ._presets import PRESETS as PRESETS
 from ._presets import PRODUCT_RULES as PRODUCT_RULES
@@ -32,6 +33,8 @@ from ._presets import fixed_point as fixed_point
 from ._presets import fixed_point_of as fixed_point_of
 from ._presets import from_name as from_name
 from ._presets import neumann as neumann
+from ._presets import penalty as penalty
+from ._presets import penalty_of as penalty_of
 from ._presets import sama as sama
 from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled

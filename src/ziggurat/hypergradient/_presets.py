@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import linalg
-from ..optim import FunctionalOptimizer
+from ..optim import Adam, FunctionalOptimizer
 from ._base import Method
 from ._finite_difference import FiniteDifference
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._optimizer_map import linearised_map
+from ._penalty import Penalty
 from ._sama import Sama
 from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._strategies import MixedRule
@@ -162,6 +163,52 @@ def first_order() -> FirstOrder:
     return FirstOrder()
 
 
+def penalty(
+    steps: int = 10,
+    step: float = 1.0,
+    *,
+    epsilon: float | None = None,
+    momentum: float = 0.0,
+    damping: float = 0.0,
+    warm_start: bool = False,
+) -> Penalty:
+    """The fully first-order penalty method (F2SA, Kwon et al., ICML 2023; BOME, Liu et al.,
+    NeurIPS 2022): ``(grad_lam f(w_eps) - grad_lam f(w)) / eps`` with ``w_eps`` reached by
+    ``steps`` gradient steps on ``f - <grad_w f(w), .> + eps <v, .>``.
+
+    Only ordinary gradients (``steps + 1`` of them), so it runs where double backward does not.
+    ``step`` needs ``step < 2 / lambda_max(H)``, like :func:`fixed_point`, which it equals on
+    a quadratic; the lower level's SGD learning rate is a safe choice (:func:`penalty_of` reads
+    it). ``epsilon=None`` picks ``eps`` from the dtype and the norms (see :class:`Penalty`).
+    """
+    return Penalty(steps, step, epsilon, momentum, damping, warm_start)
+
+
+def penalty_of(
+    optimizer: FunctionalOptimizer,
+    steps: int = 10,
+    *,
+    epsilon: float | None = None,
+    warm_start: bool = False,
+) -> Penalty:
+    """:func:`penalty` with the lower level's own SGD: step, momentum and weight decay.
+
+    ``sgd(lr, momentum=mu, dampening=d, weight_decay=c)`` gives ``step = lr (1 - d)``,
+    ``momentum = mu`` and ``damping = c``, the perturbed problem is then solved by the update
+    that trains the lower level, stable whenever that training is. Adam and AdamW are refused:
+    their normalised steps move ``w`` by about ``lr`` whatever ``eps`` is, so the displacement
+    would not scale with the perturbation.
+    """
+    if isinstance(optimizer, Adam):
+        raise ValueError(
+            "penalty_of: adam's normalised steps move w by about lr whatever eps is, so the "
+            "perturbed solve would not measure H^{-1} v; use penalty(steps, step=...) with the "
+            "step of plain gradient descent on the lower loss"
+        )
+    m = linearised_map(optimizer, "penalty_of", "penalty(steps, step, momentum=...)")
+    return Penalty(steps, m.step, epsilon, m.momentum, m.damping, warm_start)
+
+
 def unrolled(
     optimizer: FunctionalOptimizer,
     steps: int = 1,
@@ -187,11 +234,12 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "stochastic": stochastic,
     "first_order": first_order,
     "unrolled": unrolled,
+    "penalty": penalty,
 }
 
 
-CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
-"""The preset names ``Config(type=...)`` accepts (Betty's method names)."""
+CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order", "penalty")
+"""The preset names ``Config(type=...)`` accepts: Betty's method names and ``penalty``."""
 
 PRODUCT_RULES: dict[str, dict[str, Curvature | MixedRule]] = {
     "autograd": {"curvature": DoubleBackward(), "mixed": MixedAutograd()},
