@@ -20,6 +20,7 @@ from ziggurat.analytic import QuadraticBilevel
 from ziggurat.hypergradient import (
     DoubleBackward,
     FiniteDifference,
+    Hop,
     Implicit,
     MixedAutograd,
     MixedFiniteDifference,
@@ -28,6 +29,7 @@ from ziggurat.hypergradient import (
     exact,
     fixed_point,
     fixed_point_of,
+    fold,
     neumann,
 )
 from ziggurat.linalg import conjugate_gradient, identity
@@ -159,6 +161,26 @@ def test_zero_direction_gives_zero() -> None:
     zero = {"w": torch.zeros_like(v["w"])}
     assert torch.equal(hvp_fd(q.inner, w, lam, zero)["w"], zero["w"])
     assert torch.equal(hvp_fd(q.inner, w, lam, zero, radius=1e3)["w"], zero["w"])
+
+
+def test_a_loss_that_does_not_reach_w_is_refused() -> None:
+    """An FSDP2-sharded level evaluates its pure loss on values copied into the shards, with no
+    autograd path to ``w``: the gradient there would read as zero and every product with it."""
+    q = QuadraticBilevel.make(seed=0)
+    w, lam, v = q.point()
+
+    def detached(w_, lam_):
+        return q.inner({k: t.detach() for k, t in w_.items()}, lam_)
+
+    def through_other(w_, lam_):  # a graph, but not to w (as with live sharded parameters)
+        other = torch.zeros(1, dtype=D, requires_grad=True)
+        return detached(w_, lam_) + other.sum()
+
+    for loss in (detached, through_other):
+        with pytest.raises(ValueError, match="does not depend on the lower parameters w"):
+            hvp_fd(loss, w, lam, v)
+        with pytest.raises(ValueError, match=r"hop 0 \(cg\).*strategy='ddp'"):
+            fold([Hop(cg(5, **FD), loss, w, lam)], v)
 
 
 def test_radius_is_validated() -> None:

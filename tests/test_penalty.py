@@ -20,6 +20,9 @@ from ziggurat.analytic import LogisticHPO, QuadraticBilevel
 from ziggurat.hypergradient import (
     CONFIG_TYPES,
     PRESETS,
+    DoubleBackward,
+    FiniteDifference,
+    GradientSecant,
     HopContext,
     Penalty,
     exact,
@@ -110,13 +113,13 @@ def test_linearised_at_the_given_point_even_when_it_is_not_stationary(logistic) 
 
 
 def test_warm_start_and_diagnostics() -> None:
-    """A cold call spends ``steps + 1`` gradients, a warm one ``steps + 2``. From the exact
+    """A cold call spends ``steps + 3`` gradients, a warm one ``steps + 4``. From the exact
     ``H^{-1} v`` one step is enough; the residual is ``||v - H x|| / ||v||`` of the solution."""
     q = QuadraticBilevel.make(seed=0)
     w, lam, v = q.point()
     x_star = torch.linalg.solve(q.A, v["w"])
     cold = penalty(5, 0.1, warm_start=True)(q.inner, w, lam, v)
-    assert cold.info.iterations == 6 and cold.info.method == "penalty"
+    assert cold.info.iterations == 8 and cold.info.method == "penalty"
     x = cold.info.solution["w"]
     assert cold.info.residual == pytest.approx(
         float((v["w"] - q.A @ x).norm() / v["w"].norm()), rel=1e-5
@@ -125,11 +128,11 @@ def test_warm_start_and_diagnostics() -> None:
     warm = penalty(1, 0.1, warm_start=True)(
         q.inner, w, lam, v, HopContext(warm_start={"w": x_star})
     )
-    assert warm.info.iterations == 3
+    assert warm.info.iterations == 5
     assert warm.info.residual < 1e-6
     assert rel(warm.vjp["lam"], q.exact_vjp(v)["lam"]) < 1e-6
     ignored = penalty(1, 0.1)(q.inner, w, lam, v, HopContext(warm_start={"w": x_star}))
-    assert ignored.info.iterations == 2 and ignored.info.residual > 0.1
+    assert ignored.info.iterations == 4 and ignored.info.residual > 0.1
     assert penalty(warm_start=True).warm_starts and not penalty().warm_starts
 
 
@@ -137,7 +140,13 @@ def test_capabilities() -> None:
     method = penalty()
     assert method.first_order_only and method.finite_differences and method.reads_cotangent
     assert not method.needs_preconditioner and not method.follows_trajectory
-    assert method.with_curvature(lambda c: c) is method
+    assert method.curvature == GradientSecant()
+    # a data-parallel wrapper reaches the descent's gradient changes through its curvature
+    wrapped = method.with_curvature(lambda c: FiniteDifference(radius=1.0))
+    assert wrapped == penalty(curvature=FiniteDifference(radius=1.0))
+    assert not penalty(curvature=DoubleBackward()).first_order_only
+    with pytest.raises(ValueError, match="penalty curvature must be a"):
+        Penalty(curvature="secant")  # type: ignore[arg-type]
 
 
 def test_zero_cotangent_gives_zero() -> None:
@@ -193,12 +202,12 @@ def test_damping_is_the_lower_levels_weight_decay() -> None:
 
 def test_float32_and_bfloat16_parameters() -> None:
     """The displacement and the difference are kept in float32 for bf16 parameters; the answer
-    has the parameters' dtypes. Floors on this quadratic: float32 5e-4 (``sqrt(eps)`` of a
-    one-sided difference), bf16 parameters 0.1."""
+    has the parameters' dtypes. On this quadratic: float32 1.8e-4 (about ``sqrt(eps)``, the
+    floor of a one-sided difference), bf16 parameters 0.028."""
     q = QuadraticBilevel.make(seed=0)
     w, lam, v = q.point()
     truth = q.exact_vjp(v)["lam"]
-    for dtype, bound in ((torch.float32, 5e-3), (torch.bfloat16, 0.3)):
+    for dtype, bound in ((torch.float32, 2e-3), (torch.bfloat16, 0.1)):
         A, B = q.A.to(dtype), q.B.to(dtype)
 
         def inner(w_, lam_, A=A, B=B):

@@ -219,8 +219,9 @@ def central_difference(
     """``(grad(w + h u) - grad(w - h u)) / (2 h)``: two gradient evaluations.
 
     The perturbed points are formed, and the difference and quotient taken, in at least
-    float32 (a bfloat16 subtraction of two nearly equal gradients keeps almost no bits);
-    the result has the dtype of ``grad``'s output.
+    float32: for bfloat16 and float16 parameters each point is rounded once, and dividing by a
+    small ``2 h`` neither rounds again nor overflows float16's range. The result has the dtype
+    of ``grad``'s output.
     """
     wd, ud = _tree.detach(w), _tree.detach(u)
     plus = grad(shifted(wd, ud, h))
@@ -232,11 +233,29 @@ def central_difference(
     return out
 
 
+NOT_CONNECTED = (
+    "the inner loss does not depend on the lower parameters w through autograd, so its gradient "
+    "in w (which finite-difference curvature and the penalty method take) is not available. "
+    "An FSDP2-sharded level (EngineConfig(strategy='fsdp')) evaluates its pure loss on values "
+    "copied into the shards without autograd, so these methods do not run there yet: use "
+    "strategy='ddp' (or 'zero'), or darts, sama or first_order on the sharded level"
+)
+
+
 def grad_w(inner: InnerLoss, w: Params, lam: Params) -> Params:
-    """Plain gradient ``grad_w f(w, lam)`` at fixed ``lam``: one gradient evaluation (G)."""
+    """Plain gradient ``grad_w f(w, lam)`` at fixed ``lam``: one gradient evaluation (G).
+
+    A loss that reaches none of ``w``'s tensors through autograd is a ``ValueError``: its
+    gradient would read as zero and make every product built on it silently zero.
+    """
     w_ = _tree.leaves(w)
     f = scalar_loss(inner(w_, _tree.detach(lam)), "inner loss")
-    return _tree.detach(_grad(f, w_))
+    if not f.requires_grad:
+        raise ValueError(NOT_CONNECTED)
+    grads = torch.autograd.grad(f, list(w_.values()), allow_unused=True)
+    if all(g is None for g in grads):
+        raise ValueError(NOT_CONNECTED)
+    return _tree.detach(_tree.fill_none(grads, w_))
 
 
 def hvp_fd(
@@ -246,8 +265,8 @@ def hvp_fd(
 
     ``(grad_w f(w + h u, lam) - grad_w f(w - h u, lam)) / (2 h)`` with ``h = radius / ||u||``,
     by default ``eps^(1/3) max(1, ||w||) / ||u||`` (:func:`step_length`).
-    Costs two gradients (2 G); runs where double backward does not (fused attention kernels,
-    FSDP2-sharded parameters). Exact when ``f`` is quadratic in ``w`` (up to rounding,
+    Costs two gradients (2 G); runs where double backward does not (e.g. the fused attention
+    kernels). Exact when ``f`` is quadratic in ``w`` (up to rounding,
     relative ``O(eps^(2/3))``). No host synchronisation: the step stays a tensor.
     """
     h = fd_step(perturbation_length(_tree.detach(w), radius), u)

@@ -77,8 +77,9 @@ class Config:
     * ``darts_multitask`` / ``sama_multitask`` must stay False, and ``type="reinforce"`` is
       refused (see :func:`_check_betty_only`).
 
-    ziggurat options for models without double backward (fused ``scaled_dot_product_attention``,
-    FSDP2-sharded parameters):
+    ziggurat options for models without double backward (e.g. fused
+    ``scaled_dot_product_attention``); both take gradients in this level's parameters, which an
+    FSDP2-sharded level does not provide yet (``strategy="ddp"`` and ``"zero"`` run them):
 
     * ``curvature="finite_difference"`` is the one switch for "only ordinary backward passes":
       ``neumann``, ``cg`` and ``exact`` then take both their Hessian-vector products and their

@@ -20,6 +20,7 @@ from ._optimizer_map import LinearisedMap as LinearisedMap
 from ._optimizer_map import linearised_map as linearised_map
 from ._path import Hop as Hop
 from ._path import fold as fold
+from ._penalty import GradientSecant as GradientSecant
 from ._penalty import Penalty as Penalty
 from ._presets import CONFIG_TYPES as CONFIG_TYPES
 from ._presets import PRESETS as PRESETS

@@ -2,11 +2,14 @@
 
 ``H u ~ (grad_w f(w + h u, lam) - grad_w f(w - h u, lam)) / (2 h)`` needs two ordinary
 backward passes and no double backward, so the implicit methods built on it run where
-second-order autograd does not: fused attention kernels (``scaled_dot_product_attention`` has
-no double backward) and FSDP2-sharded parameters. Paired with
+second-order autograd does not, such as fused attention kernels (the CPU kernel of
+``scaled_dot_product_attention`` has no double backward). Paired with
 :class:`~ziggurat.hypergradient.MixedFiniteDifference` for the mixed product, an
 :class:`~ziggurat.hypergradient.Implicit` method needs only first-order autograd
 (``first_order_only``), whatever its solver: ``cg``, ``neumann``, ``fixed_point`` or ``exact``.
+It still takes gradients in ``w``, which an FSDP2-sharded level of the Engine does not provide
+yet (its pure loss runs on values copied into the shards without autograd): there the gradient
+refuses with a ``ValueError`` that says so, instead of reading as zero.
 
 The step follows the dtype and the norms (derived in :mod:`ziggurat._products`):
 ``h = eps^(1/3) max(1, ||w||) / ||u||``, balancing the ``O(h^2)`` truncation error of a central
@@ -37,9 +40,11 @@ class FiniteDifference(Curvature):
 
     ``radius=None`` takes the step ``h = eps^(1/3) max(1, ||w||) / ||u||`` with ``eps`` the
     roundoff of ``w``'s dtype (or of an active, coarser autocast dtype); a number sets the
-    perturbation length, ``h = radius / ||u||``. Perturbed points, differences and quotients are
-    formed in at least float32, so bfloat16 and float16 parameters keep the bits the
-    subtraction would otherwise cancel. Products carry no host synchronisation.
+    perturbation length, ``h = radius / ||u||``. For bfloat16 and float16 parameters the
+    perturbed points are formed in float32 and rounded once, and the difference and quotient
+    are taken in float32 (no extra rounding; no float16 overflow when dividing by a small
+    ``2 h``); the floor is then set by the gradients' own rounding, about ``eps^(2/3)`` of the
+    dtype. Products carry no host synchronisation.
 
     Attributes:
         radius: the perturbation length ``||h u||``, or ``None`` for the dtype's rule.

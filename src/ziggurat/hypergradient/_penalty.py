@@ -34,16 +34,16 @@ Three errors remain: the solve's (contracting like ``(1 - step mu)^K`` for plain
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from .. import _checks, _tree
-from .._products import accumulation_dtype, grad_w, scalar_loss, step_length
-from .._types import InnerLoss, Params
+from .._products import Linearization, accumulation_dtype, grad_lam, grad_w, step_length
+from .._types import InnerLoss, MatVec, Params
 from ..linalg._rhs import finite_rhs_norm
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
+from ._strategies import Curvature
 
 
 def _acc(a: Params) -> Params:
@@ -51,42 +51,50 @@ def _acc(a: Params) -> Params:
     return {k: t.to(accumulation_dtype(t.dtype)) for k, t in a.items()}
 
 
-def _gradients(inner: InnerLoss, w: Params, lam: Params) -> tuple[Params, Params]:
-    """``grad_w f`` and ``grad_lam f`` from one backward pass, in accumulation dtypes."""
-    w_, lam_ = _tree.leaves(w), _tree.leaves(lam)
-    f = scalar_loss(inner(w_, lam_), "inner loss")
-    grads = torch.autograd.grad(f, [*w_.values(), *lam_.values()], allow_unused=True)
-    g_w = _tree.fill_none(grads[: len(w_)], w_)
-    g_lam = _tree.fill_none(grads[len(w_) :], lam_)
-    return _acc(_tree.detach(g_w)), _acc(_tree.detach(g_lam))
+def _shifted(w: Params, d: Params) -> Params:
+    """``w + d`` for a displacement ``d`` kept in a wider dtype, rounded once to ``w``'s."""
+    return {k: (t.to(d[k].dtype) + d[k]).to(t.dtype) for k, t in w.items()}
+
+
+def _lam_difference(inner: InnerLoss, w: Params, lam: Params, d: Params, eps: float) -> Params:
+    """``(grad_lam f(w + d, lam) - grad_lam f(w, lam)) / eps``, formed in at least float32."""
+    moved, here = grad_lam(inner, _shifted(w, d), lam), grad_lam(inner, w, lam)
+    out: Params = {}
+    for k, t in moved.items():
+        acc = accumulation_dtype(t.dtype)
+        out[k] = ((t.to(acc) - here[k].to(acc)) / eps).to(t.dtype)
+    return out
 
 
 @dataclass(frozen=True)
-class _Tilted:
-    """The perturbed lower problem's gradient ``G(d) = grad_w f(w + d) - g + eps v + c d``
-    as a function of the displacement ``d`` (kept in at least float32)."""
+class GradientSecant(Curvature):
+    """``d -> grad_w f(w + d, lam) - grad_w f(w, lam)``: how the gradient changes over a
+    displacement ``d``, ``H d + O(||d||^2)``; one gradient per product, after one at ``w``.
 
-    inner: InnerLoss
-    w: Params
-    lam: Params
-    tilt: Params  # g - eps v, in accumulation dtypes
-    damping: float
+    Not linear in ``d``: it is the operator of :class:`Penalty`'s perturbed descent (whose
+    displacements are small), not one for a linear solver. Being a curvature lets a
+    data-parallel wrapper average it over ranks like any other (gradients are linear in the
+    data), so the descent is the global batch's. Products are in at least float32.
+    """
 
-    def point(self, d: Params) -> Params:
-        """``w + d``, rounded once to ``w``'s dtypes."""
-        return {k: (t.to(d[k].dtype) + d[k]).to(t.dtype) for k, t in self.w.items()}
+    @property
+    def second_order(self) -> bool:
+        return False
 
-    def _tilted(self, g_w: Params, d: Params) -> Params:
-        out = _tree.sub(g_w, self.tilt)
-        return out if self.damping == 0.0 else _tree.axpy_(self.damping, d, out)
+    @property
+    def finite_differences(self) -> bool:
+        return True
 
-    def gradient(self, d: Params) -> Params:
-        return self._tilted(_acc(grad_w(self.inner, self.point(d), self.lam)), d)
+    def matvec(self, lin: Linearization) -> MatVec:
+        w, lam, inner = _tree.detach(lin.w), _tree.detach(lin.lam), lin.inner
+        base: list[Params] = []  # grad_w f(w), evaluated at the first product
 
-    def final(self, d: Params) -> tuple[Params, Params]:
-        """``G(d)`` (for the residual) and ``grad_lam f(w + d)``, from one backward pass."""
-        g_w, g_lam = _gradients(self.inner, self.point(d), self.lam)
-        return self._tilted(g_w, d), g_lam
+        def product(d: Params) -> Params:
+            if not base:
+                base.append(_acc(grad_w(inner, w, lam)))
+            return _tree.sub(_acc(grad_w(inner, _shifted(w, d), lam)), base[0])
+
+        return product
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,14 @@ class Penalty(Method):
     docstring for the derivation; the bias vanishes as ``steps`` grows and ``eps`` shrinks,
     down to a rounding floor.
 
-    Costs ``steps + 1`` gradient evaluations (``steps + 2`` from a warm start) and no
-    second-order autograd: the first step needs no evaluation, because ``G(0) = eps v``.
+    Costs ``steps + 3`` gradient evaluations (``steps + 4`` from a warm start) and no
+    second-order autograd: one at ``w``, one per step after the first (``G(0) = eps v`` needs
+    none), one at the returned point for its residual, and two of ``grad_lam f`` for the
+    difference. ``G``'s gradient change ``grad_w f(w + d) - grad_w f(w)`` is a
+    :class:`GradientSecant` curvature, so the Engine's data-parallel strategies (``ddp``,
+    ``zero``) average it over ranks like the implicit methods' products: the descent is the
+    global batch's. An FSDP2-sharded level does not provide gradients in ``w`` yet; there the
+    method refuses with a ``ValueError`` that says so.
 
     ``epsilon=None`` picks ``eps = sqrt(eps_mach) max(1, ||w||) / (step ||v||)``: the first step
     then moves ``w`` by ``sqrt(eps_mach) max(1, ||w||)``, the length that balances the ``O(eps)``
@@ -117,11 +131,6 @@ class Penalty(Method):
     (an estimate of ``H^{-1} v``); with ``warm_start=True`` the next call starts from
     ``d = -eps x0`` for the ``x0`` it is given in ``context.warm_start``.
 
-    Under the Engine's data-parallel strategies each rank descends on its own shard of the
-    batch: the cotangent is averaged, the gradients inside the descent are not, so the hop is
-    the mean of per-shard answers rather than the global-batch one (unlike the implicit
-    methods, whose curvature products are averaged).
-
     Attributes:
         steps: first-order steps on the perturbed problem (>= 1).
         step: their step size; ``< 2 / lambda_max(H)`` (the lower level's SGD learning rate
@@ -130,6 +139,9 @@ class Penalty(Method):
         momentum: heavy-ball momentum in ``[0, 1)``.
         damping: Tikhonov damping ``c`` (the curvature becomes ``H + c I``).
         warm_start: start from ``context.warm_start`` when given.
+        curvature: the gradient change over a displacement; :class:`GradientSecant` (the
+            method as published). A linear one, such as ``FiniteDifference()``, turns the
+            descent into :func:`fixed_point` on that operator.
     """
 
     steps: int = 10
@@ -138,6 +150,7 @@ class Penalty(Method):
     momentum: float = 0.0
     damping: float = 0.0
     warm_start: bool = False
+    curvature: Curvature = GradientSecant()
 
     def __post_init__(self) -> None:
         _checks.int_at_least("penalty steps", self.steps, 1)
@@ -152,6 +165,11 @@ class Penalty(Method):
             )
         _checks.non_negative("penalty damping", self.damping)
         _checks.boolean("penalty warm_start", self.warm_start)
+        if not isinstance(self.curvature, Curvature):
+            raise ValueError(
+                "penalty curvature must be a ziggurat.hypergradient.Curvature, by default "
+                f"GradientSecant(), got {self.curvature!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -167,19 +185,24 @@ class Penalty(Method):
 
     @property
     def first_order_only(self) -> bool:
-        return True
+        return not self.curvature.second_order
 
-    def _epsilon(self, w: Params, v_norm: float) -> float | Tensor:
+    def with_curvature(self, wrap: Callable[[Curvature], Curvature]) -> Penalty:
+        return dataclasses.replace(self, curvature=wrap(self.curvature))
+
+    def _epsilon(self, w: Params, v_norm: float) -> float:
+        # a Python number (one sync, next to the norm of v): a tensor built from FSDP-sharded w
+        # would be a DTensor, which a plain lam's gradients cannot be divided by
         if self.epsilon is not None:
             return self.epsilon
-        return step_length(w, order=1) / (self.step * v_norm)
+        return float(step_length(w, order=1)) / (self.step * v_norm)
 
-    def _descend(self, problem: _Tilted, d: Params, grad: Params) -> Params:
+    def _descend(self, gradient: MatVec, d: Params, grad: Params) -> Params:
         """``steps`` heavy-ball steps on ``d`` from the gradient ``grad`` at ``d``."""
         buf: Params | None = None
         for k in range(self.steps):
             if k > 0:
-                grad = problem.gradient(d)
+                grad = gradient(d)
             if buf is None or self.momentum == 0.0:
                 buf = grad
             else:
@@ -202,19 +225,24 @@ class Penalty(Method):
             zero = HopInfo(self.name, 0, 0.0, solution=_tree.zeros_like(wd))
             return HopResult(_tree.zeros_like(lamd), zero)
         eps = self._epsilon(wd, v_norm)
-        g_w, g_lam = _gradients(inner, wd, lamd)
-        problem = _Tilted(inner, wd, lamd, _tree.axpy(-eps, vd, g_w), self.damping)
+        secant = self.curvature.matvec(Linearization(inner, wd, lamd))
+
+        def gradient(d: Params) -> Params:
+            """The perturbed problem's gradient ``G(d) = secant(d) + eps v + c d``."""
+            out = _tree.axpy_(eps, vd, _acc(secant(d)))
+            return out if self.damping == 0.0 else _tree.axpy_(self.damping, d, out)
+
         x0 = context.warm_start if self.warm_start else None
-        if x0 is None:
-            d, grad, evaluations = _tree.zeros_like(vd), _tree.scale(vd, eps), 2
+        if x0 is None:  # G(0) = eps v: the first step needs no evaluation
+            d, grad, evaluations = _tree.zeros_like(vd), _tree.scale(vd, eps), 0
         else:
             _tree.check_same_shapes(wd, x0, "penalty warm start")
             d = _tree.scale(_acc(_tree.detach(x0)), -eps)
-            grad, evaluations = problem.gradient(d), 3
-        d = self._descend(problem, d, grad)
-        residual, g_lam_eps = problem.final(d)
-        out = {k: ((t - g_lam[k]) / eps).to(lamd[k].dtype) for k, t in g_lam_eps.items()}
+            grad, evaluations = gradient(d), 1
+        d = self._descend(gradient, d, grad)
+        residual = float(_tree.norm(gradient(d))) / (eps * v_norm)
+        out = _lam_difference(inner, wd, lamd, d, eps)
         x = {k: (-t / eps).to(wd[k].dtype) for k, t in d.items()}
-        ratio = float(_tree.norm(residual) / eps) / v_norm
-        info = HopInfo(self.name, evaluations + self.steps - 1, ratio, solution=x)
+        # the secant's base, the steps after the first, the residual and two grad_lam
+        info = HopInfo(self.name, self.steps + 3 + evaluations, residual, solution=x)
         return HopResult(out, info)

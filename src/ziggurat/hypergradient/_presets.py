@@ -16,7 +16,7 @@ from ._finite_difference import FiniteDifference
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._optimizer_map import linearised_map
-from ._penalty import Penalty
+from ._penalty import GradientSecant, Penalty
 from ._sama import Sama
 from ._stochastic import BatchLoss, Sampler, Stochastic
 from ._strategies import MixedRule
@@ -171,6 +171,7 @@ def penalty(
     momentum: float = 0.0,
     damping: float = 0.0,
     warm_start: bool = False,
+    curvature: Curvature = GradientSecant(),
 ) -> Penalty:
     """The fully first-order penalty method (F2SA, Kwon et al., ICML 2023; BOME, Liu et al.,
     NeurIPS 2022): ``(grad_lam f(w_eps) - grad_lam f(w)) / eps`` with ``w_eps`` reached by
@@ -181,7 +182,7 @@ def penalty(
     a quadratic; the lower level's SGD learning rate is a safe choice (:func:`penalty_of` reads
     it). ``epsilon=None`` picks ``eps`` from the dtype and the norms (see :class:`Penalty`).
     """
-    return Penalty(steps, step, epsilon, momentum, damping, warm_start)
+    return Penalty(steps, step, epsilon, momentum, damping, warm_start, curvature)
 
 
 def penalty_of(
