@@ -137,6 +137,12 @@ LOWER_CONFIGS = {
     "three_fsdp": Config(type="darts", darts_alpha=0.01, unroll_steps=2),
     "rollback_fsdp": Config(type="sama", unroll_steps=2),
     "ckpt_rollback": Config(type="sama", unroll_steps=2),
+    # gradients only (finite differences in w); an explicit eps for the penalty method, whose
+    # default (sqrt(eps_mach)) would amplify the all-reduce's rounding to about 1e-10
+    "cg_fd": Config(type="cg", curvature="finite_difference", cg_iterations=8, unroll_steps=2),
+    "penalty": Config(
+        type="penalty", penalty_steps=8, penalty_step=0.1, penalty_epsilon=1e-4, unroll_steps=2
+    ),
     # an IterativeProblem: three unrolled SGD-momentum steps per upper step, clipped
     "unrolled": Config(unroll_steps=3, gradient_clipping=0.5),
     "early": Config(type="darts", darts_alpha=0.01),
@@ -186,7 +192,7 @@ def build(
     lower level's Adam state; ``ckpt`` accumulates and perturbs the lower targets with noise
     drawn from each rank's RNG.
     """
-    wide = ("wide", "inputs", "three_fsdp", "first_order")
+    wide = ("wide", "inputs", "three_fsdp", "first_order", "cg_fd", "penalty")  # an MLP lower
     low_mod = _mlp(1) if program in wide else _linear(1, DIM)
     w_mod = _linear(2, DIM)
     low_opt: torch.optim.Optimizer = (

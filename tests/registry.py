@@ -6,6 +6,10 @@ problem whose inner loss is quadratic in ``w``: ``-M^T S(H) v``, where ``H`` is 
 ``H^{-1}``. ``exact`` cases have ``S = H^{-1}`` (to 1e-8 relative in float64); the others are
 checked against their own model and have their error against the truth measured.
 
+Each case also states its error model as a tolerance: ``TOL_EXACT = 1e-8`` relative for methods
+that are exact in exact arithmetic, and a documented floor for those that take products by
+finite differences, whose rounding error a solver amplifies (``benchmarks/RESULTS_fd.md``).
+
 Gauss-Newton cases need the problem's model: its loss written as ``l(g(w, lam)) + r(w, lam)``
 (``Spec.gauss_newton``, built from the model's outputs and loss, never from ``H``). They run
 only on problems that have one, where the curvature ``J^T (d^2 l) J + d^2 r`` equals ``H`` by
@@ -23,10 +27,12 @@ from torch import Tensor
 
 from ziggurat.analytic import LogisticHPO, RidgeHPO
 from ziggurat.hypergradient import (
+    FiniteDifference,
     ForwardOverReverse,
     GaussNewton,
     HopContext,
     Method,
+    MixedFiniteDifference,
     cg,
     darts,
     exact,
@@ -35,6 +41,8 @@ from ziggurat.hypergradient import (
     fixed_point_of,
     gauss_newton,
     neumann,
+    penalty,
+    penalty_of,
     sama,
     unrolled,
 )
@@ -162,6 +170,26 @@ def _momentum_sgd(s: Spec) -> Method:
     return fixed_point_of(opt, s.long_heavy_ball(1.0 / s.lmax, 0.9), tol=1e-13)
 
 
+TOL_EXACT = 1e-8
+"""Relative error of a method exact in exact arithmetic, in float64."""
+
+TOL_FD = 1e-9
+"""Central-difference products (``FiniteDifference`` curvature, ``MixedFiniteDifference``) in
+float64. On these problems ``grad_w f`` is linear in ``w`` and ``grad_lam f`` at most quadratic,
+so a central difference has no truncation error and only rounding remains: about
+``eps^(2/3) = 4e-11`` relative per product, which a solve can amplify by up to the condition
+number of ``H`` (at most 37 here). Measured at most 9.4e-11 over the quadratic, ridge and
+three-level problems (cg_fd on the quadratic)."""
+
+TOL_PENALTY = 1e-6
+"""The penalty method with its default ``eps`` in float64, against its model (``fixed_point``'s
+iterates on a quadratic). Its difference is one-sided, so its default displacement is
+``sqrt(eps_mach) max(1, ||w||)`` rather than ``eps_mach^(1/3)``: rounding of order
+``sqrt(eps_mach) = 1.5e-8`` relative, times up to the condition number, plus on ridge an
+``O(eps)`` truncation of the same order (``grad_lam f = w^2 / 2`` is not linear in ``w``).
+Measured at most 1.8e-7 (ridge)."""
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -170,6 +198,24 @@ class Case:
     exact: bool
     context: Callable[[Spec, str], HopContext] = lambda spec, key: HopContext()
     needs_model: bool = False  # Gauss-Newton: runs only where Spec.gauss_newton is given
+    tol: float = TOL_EXACT  # relative error allowed against the model (and, if exact, the truth)
+
+
+FD = {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()}
+"""The first-order-only products: both by central differences of ordinary gradients."""
+
+
+def _solve(s: Spec, v: Tensor) -> Tensor:
+    return torch.linalg.solve(s.H, v)
+
+
+def _warm(s: Spec, key: str) -> HopContext:
+    return HopContext(warm_start={key: torch.zeros(s.n, dtype=s.H.dtype)})
+
+
+def _polyak_penalty(s: Spec, steps: int) -> Method:
+    step, mu = s.polyak
+    return penalty(steps, step, momentum=mu)
 
 
 def _precond(spec: Spec) -> Tensor:
@@ -299,6 +345,78 @@ CASES: list[Case] = [
         lambda s, key: HopContext(preconditioner={key: _precond(s)}),
     ),
     Case("first_order", lambda s: first_order(), lambda s, v: torch.zeros_like(v), False),
+    # products from ordinary gradients only (first_order_only): every solver
+    Case("exact_fd", lambda s: exact(**FD), _solve, True, tol=TOL_FD),
+    Case(
+        "exact_fd_curvature",
+        lambda s: exact(curvature=FiniteDifference()),
+        _solve,
+        True,
+        tol=TOL_FD,
+    ),
+    Case("cg_fd", lambda s: cg(10 * s.n, 1e-13, **FD), _solve, True, tol=TOL_FD),
+    Case(
+        "cg_fd_3",
+        lambda s: cg(3, 1e-300, **FD),
+        lambda s, v: krylov_solution(s.H, v, 3),
+        False,
+        tol=TOL_FD,
+    ),
+    Case(
+        "neumann_fd_long", lambda s: neumann(s.long, 1.0 / s.lmax, **FD), _solve, True, tol=TOL_FD
+    ),
+    Case(
+        "neumann_fd_5",
+        lambda s: neumann(5, 1.0 / s.lmax, **FD),
+        lambda s, v: neumann_model(s.H, v, 5, 1.0 / s.lmax),
+        False,
+        tol=TOL_FD,
+    ),
+    Case(
+        "fixed_point_fd_long",
+        lambda s: fixed_point(s.long, 1.0 / s.lmax, tol=1e-13, **FD),
+        _solve,
+        True,
+        tol=TOL_FD,
+    ),
+    Case(
+        "fixed_point_fd_momentum_5",
+        lambda s: fixed_point(5, s.polyak[0], momentum=s.polyak[1], **FD),
+        lambda s, v: heavy_ball_model(s.H, v, 5, *s.polyak),
+        False,
+        tol=TOL_FD,
+    ),
+    # the penalty method (F2SA / BOME): fixed_point's iterates on a quadratic
+    Case("penalty_long", lambda s: penalty(s.long, 1.0 / s.lmax), _solve, True, tol=TOL_PENALTY),
+    Case(
+        "penalty_warm",
+        lambda s: penalty(s.long, 1.0 / s.lmax, warm_start=True),
+        _solve,
+        True,
+        _warm,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_5",
+        lambda s: penalty(5, 1.0 / s.lmax),
+        lambda s, v: neumann_model(s.H, v, 4, 1.0 / s.lmax),
+        False,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_momentum_5",
+        lambda s: _polyak_penalty(s, 5),
+        lambda s, v: heavy_ball_model(s.H, v, 5, *s.polyak),
+        False,
+        tol=TOL_PENALTY,
+    ),
+    Case(
+        "penalty_of_momentum_sgd",
+        lambda s: penalty_of(sgd(1.0 / s.lmax, momentum=0.9), s.long_heavy_ball(1.0 / s.lmax, 0.9)),
+        _solve,
+        True,
+        tol=TOL_PENALTY,
+    ),
 ]
 
 EXACT = [c for c in CASES if c.exact]

@@ -21,6 +21,11 @@ def assert_identical(a: Any, b: Any, where: str = "state") -> None:
     if isinstance(a, torch.Tensor):
         assert a.dtype == b.dtype and a.shape == b.shape, where
         assert torch.equal(a, b), where
+    elif isinstance(a, dict) and where.endswith("['config']"):
+        # a record of the options, not read on loading: options added since keep their defaults
+        assert set(b) <= set(a), f"{where}: saved options {sorted(set(b) - set(a))} are gone"
+        for k in b:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
     elif isinstance(a, dict):
         assert list(a) == list(b), f"{where}: keys {list(a)} != {list(b)}"
         for k in a:

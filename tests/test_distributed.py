@@ -53,6 +53,9 @@ JOBS = [
     ("rollback_fsdp", "fsdp"),
     ("unrolled", "ddp"),
     ("unrolled", "zero"),
+    ("cg_fd", "ddp"),
+    ("cg_fd", "zero"),
+    ("penalty", "ddp"),
 ]
 FSDP_ATOL = 1e-12
 """FSDP2 against DDP on the same program (float64): FSDP2 averages sharded gradients with a

@@ -5,6 +5,7 @@ from . import hypergradient as hypergradient
 from . import linalg as linalg
 from . import optim as optim
 from ._products import hvp as hvp
+from ._products import hvp_fd as hvp_fd
 from ._products import hvp_forward as hvp_forward
 from ._products import mixed_vjp as mixed_vjp
 from ._products import mixed_vjp_fd as mixed_vjp_fd

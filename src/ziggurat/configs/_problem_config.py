@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
-from ..hypergradient import CONFIG_TYPES, Method, from_name
+from ..hypergradient import CONFIG_TYPES, PRODUCT_RULES, PRODUCT_TYPES, Method, from_name
 from ._fields import assign, check_flags
 
 METHOD_TYPES = CONFIG_TYPES
@@ -21,8 +21,20 @@ METHOD_OPTIONS: dict[str, dict[str, str]] = {
     "cg": {"maxiter": "cg_iterations", "tol": "cg_tol", "warm_start": "cg_warm_start"},
     "exact": {},
     "first_order": {},
+    "penalty": {
+        "steps": "penalty_steps",
+        "step": "penalty_step",
+        "epsilon": "penalty_epsilon",
+        "momentum": "penalty_momentum",
+        "warm_start": "penalty_warm_start",
+    },
 }
-"""For each ``type``, the preset's keyword options and the ``Config`` fields that set them."""
+"""For each ``type``, the preset's keyword options and the ``Config`` fields that set them.
+``Config(curvature=...)`` adds the ``curvature=`` and ``mixed=`` options of the types in
+``PRODUCT_TYPES``, from ``PRODUCT_RULES``."""
+
+CURVATURES = tuple(PRODUCT_RULES)
+"""The names ``Config(curvature=...)`` accepts (defined once, with the presets)."""
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -64,6 +76,23 @@ class Config:
     * ``allow_unused`` is accepted; unused parameters always receive a zero hypergradient.
     * ``darts_multitask`` / ``sama_multitask`` must stay False, and ``type="reinforce"`` is
       refused (see :func:`_check_betty_only`).
+
+    ziggurat options for models without double backward (e.g. fused
+    ``scaled_dot_product_attention``); both take gradients in this level's parameters, which an
+    FSDP2-sharded level does not provide yet (``strategy="ddp"`` and ``"zero"`` run them):
+
+    * ``curvature="finite_difference"`` is the one switch for "only ordinary backward passes":
+      ``neumann``, ``cg`` and ``exact`` then take both their Hessian-vector products and their
+      mixed product by central differences of gradients (``FiniteDifference`` and
+      ``MixedFiniteDifference``; step from the dtype and the norms), so the method is
+      ``first_order_only``. The default ``"autograd"`` uses double backward. ``darts``,
+      ``sama``, ``first_order`` and ``penalty`` are first-order already and ignore it.
+    * ``type="penalty"`` is the fully first-order penalty method (F2SA, Kwon et al. 2023; BOME,
+      Liu et al. 2022), which converges to the exact hypergradient as ``penalty_steps`` grows:
+      ``penalty_steps`` gradient steps of size ``penalty_step`` (with ``penalty_momentum``) on
+      the lower loss tilted by ``penalty_epsilon`` (``None``: from the dtype and the norms).
+      ``penalty_step`` must be below ``2 / lambda_max`` of the lower loss's Hessian; the lower
+      level's SGD learning rate is a safe value (the default 1.0 follows ``neumann_alpha``).
     """
 
     type: str = "darts"
@@ -89,6 +118,12 @@ class Config:
     cg_alpha: float = 1.0
     cg_tol: float = 1e-10
     cg_warm_start: bool = False
+    curvature: str = "autograd"
+    penalty_steps: int = 10
+    penalty_step: float = 1.0
+    penalty_epsilon: float | None = None
+    penalty_momentum: float = 0.0
+    penalty_warm_start: bool = False
     hypergradient: Method | None = None
     hypergradient_batches: int = 1
     checkpoint_segments: int | str | None = None
@@ -105,6 +140,7 @@ class Config:
     def validate(self) -> None:
         check_flags(self)
         _check_betty_only(self)
+        _check_first_order_options(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
         elif not isinstance(self.hypergradient, Method):
@@ -142,6 +178,8 @@ class Config:
         if self.hypergradient is not None:
             return self.hypergradient
         options = {key: getattr(self, field) for key, field in METHOD_OPTIONS[self.type].items()}
+        if self.type in PRODUCT_TYPES:
+            options.update(PRODUCT_RULES[self.curvature])
         return from_name(self.type, **options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +187,24 @@ class Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hypergradient"] = None if self.hypergradient is None else repr(self.hypergradient)
         return out
+
+
+def _check_first_order_options(config: Config) -> None:
+    """``curvature`` and the ``penalty_*`` fields."""
+    _checks.one_of("Config curvature", config.curvature, CURVATURES)
+    if config.curvature != "autograd" and config.hypergradient is not None:
+        raise ValueError(
+            f"Config curvature={config.curvature!r} applies to the method built from type=...; "
+            "with an explicit hypergradient method, pass the products to it instead, e.g. "
+            "cg(curvature=FiniteDifference(), mixed=MixedFiniteDifference())"
+        )
+    _checks.int_at_least("Config penalty_steps", config.penalty_steps, 1)
+    _checks.positive("Config penalty_step", config.penalty_step)
+    if config.penalty_epsilon is not None:
+        _checks.positive("Config penalty_epsilon", config.penalty_epsilon)
+    _checks.non_negative("Config penalty_momentum", config.penalty_momentum)
+    if config.penalty_momentum >= 1.0:
+        raise ValueError(f"Config penalty_momentum must be < 1, got {config.penalty_momentum!r}")
 
 
 def _check_betty_only(config: Config) -> None:

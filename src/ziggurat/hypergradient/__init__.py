@@ -11,6 +11,7 @@ from ._checkpoint import segment_bounds as segment_bounds
 from ._checkpoint import segment_count as segment_count
 from ._data_parallel import DataParallel as DataParallel
 from ._data_parallel import data_parallel as data_parallel
+from ._finite_difference import FiniteDifference as FiniteDifference
 from ._first_order import FirstOrder as FirstOrder
 from ._gauss_newton import GaussNewton as GaussNewton
 from ._gauss_newton import gauss_newton as gauss_newton
@@ -23,8 +24,12 @@ from ._optimizer_map import LinearisedMap as LinearisedMap
 from ._optimizer_map import linearised_map as linearised_map
 from ._path import Hop as Hop
 from ._path import fold as fold
+from ._penalty import GradientSecant as GradientSecant
+from ._penalty import Penalty as Penalty
 from ._presets import CONFIG_TYPES as CONFIG_TYPES
 from ._presets import PRESETS as PRESETS
+from ._presets import PRODUCT_RULES as PRODUCT_RULES
+from ._presets import PRODUCT_TYPES as PRODUCT_TYPES
 from ._presets import cg as cg
 from ._presets import darts as darts
 from ._presets import exact as exact
@@ -33,6 +38,8 @@ from ._presets import fixed_point as fixed_point
 from ._presets import fixed_point_of as fixed_point_of
 from ._presets import from_name as from_name
 from ._presets import neumann as neumann
+from ._presets import penalty as penalty
+from ._presets import penalty_of as penalty_of
 from ._presets import sama as sama
 from ._presets import stochastic as stochastic
 from ._presets import unrolled as unrolled

@@ -43,37 +43,42 @@ def _float(lr: float | Tensor) -> float:
     return float(lr.detach()) if isinstance(lr, Tensor) else float(lr)
 
 
-def linearised_map(optimizer: FunctionalOptimizer) -> LinearisedMap:
+def linearised_map(
+    optimizer: FunctionalOptimizer,
+    owner: str = "fixed_point_of",
+    explicit: str = "fixed_point(iterations, step, momentum=...)",
+) -> LinearisedMap:
     """Step, momentum and damping of ``optimizer``'s update map at a stationary point.
 
     Raises ``ValueError`` for optimizers without a sensible fixed-point iteration there (Adam,
-    AdamW), and for SGD options whose map is not implemented (Nesterov, ``maximize``).
+    AdamW), and for SGD options whose map is not implemented (Nesterov, ``maximize``); the
+    messages begin with ``owner``, the preset that asked, and suggest ``explicit``.
     """
     if isinstance(optimizer, Adam):
         name = "adamw" if optimizer.decoupled else "adam"
         raise ValueError(
-            f"fixed_point_of: {name} has no fixed-point iteration at a stationary point (its "
+            f"{owner}: {name} has no fixed-point iteration at a stationary point (its "
             "moments vanish there and the linearised step is lr / eps); use cg, neumann or "
             "fixed_point on H, or sama for Adam's preconditioner"
         )
     if not isinstance(optimizer, SGD):
         raise ValueError(
-            f"fixed_point_of: no linearised map for {type(optimizer).__name__}; pass "
-            "ziggurat.optim.sgd(...) or use fixed_point(iterations, step, momentum=...)"
+            f"{owner}: no linearised map for {type(optimizer).__name__}; pass "
+            f"ziggurat.optim.sgd(...) or use {explicit}"
         )
     if optimizer.nesterov or optimizer.maximize:
         option = "nesterov=True" if optimizer.nesterov else "maximize=True"
         raise ValueError(
-            f"fixed_point_of: sgd with {option} is not supported; use "
-            "fixed_point(iterations, step, momentum=...) for plain heavy-ball momentum"
+            f"{owner}: sgd with {option} is not supported; use "
+            f"{explicit} for plain heavy-ball momentum"
         )
     lr = _float(optimizer.lr)
-    _checks.positive("fixed_point_of sgd lr", lr)
+    _checks.positive(f"{owner} sgd lr", lr)
     if optimizer.momentum == 0.0:
         return LinearisedMap(lr, 0.0, optimizer.weight_decay)
     if optimizer.dampening >= 1.0:
         raise ValueError(
-            f"fixed_point_of: sgd dampening must be < 1 with momentum (the map does not move "
+            f"{owner}: sgd dampening must be < 1 with momentum (the map does not move "
             f"w otherwise), got {optimizer.dampening!r}"
         )
     step = lr * (1.0 - optimizer.dampening)

@@ -10,13 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import linalg
-from ..optim import FunctionalOptimizer
+from ..optim import Adam, FunctionalOptimizer
 from ._base import Method
+from ._finite_difference import FiniteDifference
 from ._first_order import FirstOrder
 from ._implicit import Curvature, DoubleBackward, Implicit, MixedAutograd, MixedFiniteDifference
 from ._optimizer_map import linearised_map
+from ._penalty import GradientSecant, Penalty
 from ._sama import Sama
 from ._stochastic import BatchLoss, Sampler, Stochastic
+from ._strategies import MixedRule
 from ._unrolled import Unrolled
 
 
@@ -38,14 +41,16 @@ def neumann(
     *,
     damping: float = 0.0,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Neumann-series implicit differentiation (Lorraine et al., AISTATS 2020).
 
     Needs ``alpha < 2 / lambda_max(H)``. Costs ``iterations`` Hessian-vector products plus one
-    mixed product.
+    mixed product. ``curvature=FiniteDifference(), mixed=MixedFiniteDifference()`` needs only
+    first-order autograd (as for every preset below that takes both).
     """
     solver = linalg.neumann(iterations, alpha, damping=damping)
-    return Implicit(solver, MixedAutograd(), curvature, label="neumann")
+    return Implicit(solver, mixed, curvature, label="neumann")
 
 
 def cg(
@@ -55,13 +60,14 @@ def cg(
     damping: float = 0.0,
     warm_start: bool = False,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Conjugate-gradient implicit differentiation (as in iMAML, Rajeswaran et al. 2019).
 
     Exact after ``n`` iterations on ``n`` parameters when ``H`` is positive definite.
     """
     solver = linalg.conjugate_gradient(maxiter, tol, damping=damping, warm_start=warm_start)
-    return Implicit(solver, MixedAutograd(), curvature, label="cg")
+    return Implicit(solver, mixed, curvature, label="cg")
 
 
 def fixed_point(
@@ -72,6 +78,7 @@ def fixed_point(
     tol: float | None = None,
     damping: float = 0.0,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """Fixed-point implicit differentiation (Grazzi et al., ICML 2020).
 
@@ -86,7 +93,7 @@ def fixed_point(
     optimizer.
     """
     solver = linalg.fixed_point(iterations, step, tol=tol, damping=damping, momentum=momentum)
-    return Implicit(solver, MixedAutograd(), curvature, label="fixed_point")
+    return Implicit(solver, mixed, curvature, label="fixed_point")
 
 
 def fixed_point_of(
@@ -95,6 +102,7 @@ def fixed_point_of(
     *,
     tol: float | None = None,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Implicit:
     """:func:`fixed_point` on the linearised update map of the inner ``optimizer``.
 
@@ -106,13 +114,24 @@ def fixed_point_of(
     """
     m = linearised_map(optimizer)
     return fixed_point(
-        iterations, m.step, momentum=m.momentum, tol=tol, damping=m.damping, curvature=curvature
+        iterations,
+        m.step,
+        momentum=m.momentum,
+        tol=tol,
+        damping=m.damping,
+        curvature=curvature,
+        mixed=mixed,
     )
 
 
-def exact(*, damping: float = 0.0, curvature: Curvature = DoubleBackward()) -> Implicit:
+def exact(
+    *,
+    damping: float = 0.0,
+    curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
+) -> Implicit:
     """Implicit differentiation with a dense direct solve: the reference for small problems."""
-    return Implicit(linalg.dense(damping=damping), MixedAutograd(), curvature, label="exact")
+    return Implicit(linalg.dense(damping=damping), mixed, curvature, label="exact")
 
 
 def stochastic(
@@ -144,6 +163,53 @@ def first_order() -> FirstOrder:
     return FirstOrder()
 
 
+def penalty(
+    steps: int = 10,
+    step: float = 1.0,
+    *,
+    epsilon: float | None = None,
+    momentum: float = 0.0,
+    damping: float = 0.0,
+    warm_start: bool = False,
+    curvature: Curvature = GradientSecant(),
+) -> Penalty:
+    """The fully first-order penalty method (F2SA, Kwon et al., ICML 2023; BOME, Liu et al.,
+    NeurIPS 2022): ``(grad_lam f(w_eps) - grad_lam f(w)) / eps`` with ``w_eps`` reached by
+    ``steps`` gradient steps on ``f - <grad_w f(w), .> + eps <v, .>``.
+
+    Only ordinary gradients (``steps + 1`` of them), so it runs where double backward does not.
+    ``step`` needs ``step < 2 / lambda_max(H)``, like :func:`fixed_point`, which it equals on
+    a quadratic; the lower level's SGD learning rate is a safe choice (:func:`penalty_of` reads
+    it). ``epsilon=None`` picks ``eps`` from the dtype and the norms (see :class:`Penalty`).
+    """
+    return Penalty(steps, step, epsilon, momentum, damping, warm_start, curvature)
+
+
+def penalty_of(
+    optimizer: FunctionalOptimizer,
+    steps: int = 10,
+    *,
+    epsilon: float | None = None,
+    warm_start: bool = False,
+) -> Penalty:
+    """:func:`penalty` with the lower level's own SGD: step, momentum and weight decay.
+
+    ``sgd(lr, momentum=mu, dampening=d, weight_decay=c)`` gives ``step = lr (1 - d)``,
+    ``momentum = mu`` and ``damping = c``, the perturbed problem is then solved by the update
+    that trains the lower level, stable whenever that training is. Adam and AdamW are refused:
+    their normalised steps move ``w`` by about ``lr`` whatever ``eps`` is, so the displacement
+    would not scale with the perturbation.
+    """
+    if isinstance(optimizer, Adam):
+        raise ValueError(
+            "penalty_of: adam's normalised steps move w by about lr whatever eps is, so the "
+            "perturbed solve would not measure H^{-1} v; use penalty(steps, step=...) with the "
+            "step of plain gradient descent on the lower loss"
+        )
+    m = linearised_map(optimizer, "penalty_of", "penalty(steps, step, momentum=...)")
+    return Penalty(steps, m.step, epsilon, m.momentum, m.damping, warm_start)
+
+
 def unrolled(
     optimizer: FunctionalOptimizer,
     steps: int = 1,
@@ -169,11 +235,27 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "stochastic": stochastic,
     "first_order": first_order,
     "unrolled": unrolled,
+    "penalty": penalty,
 }
 
 
-CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order")
-"""The preset names ``Config(type=...)`` accepts (Betty's method names)."""
+CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order", "penalty")
+"""The preset names ``Config(type=...)`` accepts: Betty's method names and ``penalty``."""
+
+PRODUCT_RULES: dict[str, dict[str, Curvature | MixedRule]] = {
+    "autograd": {"curvature": DoubleBackward(), "mixed": MixedAutograd()},
+    "finite_difference": {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()},
+}
+"""``Config(curvature=...)``: the ``curvature=`` and ``mixed=`` options of the implicit presets.
+
+``"autograd"`` takes Hessian-vector and mixed products by double backward; ``"finite_difference"``
+takes both by central differences of ordinary gradients (:class:`FiniteDifference`,
+:class:`MixedFiniteDifference`), so the method needs only first-order autograd.
+"""
+
+PRODUCT_TYPES = ("neumann", "cg", "fixed_point", "exact")
+"""The presets that take ``curvature=`` and ``mixed=`` (the others are first-order already or,
+like ``stochastic``, take their own products)."""
 
 
 def from_name(name: str, **options: Any) -> Method:
