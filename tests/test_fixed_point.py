@@ -83,8 +83,12 @@ def test_damping_solves_the_shifted_system() -> None:
 
 def test_diverges_above_two_over_lambda_max() -> None:
     h, b = system(8, 0.5, 4.0)
-    bad = linalg.fixed_point(300, 0.55)(op(h), b)
-    assert bad.residual > 1e3
+    with pytest.raises(
+        FloatingPointError,
+        match=r"fixed_point: the solve diverged.*step is 0\.55"
+        r".*lambda_max ~ 4 .*below 0\.5\b",
+    ):
+        linalg.fixed_point(300, 0.55)(op(h), b)
 
 
 def test_zero_rhs() -> None:
@@ -162,9 +166,9 @@ def test_momentum_converges_exactly_below_two_one_plus_mu_over_lambda_max() -> N
     mu = 0.5
     edge = 2 * (1 + mu) / 4.0  # 0.75; plain gradient descent diverges above 0.5
     good = linalg.fixed_point(3000, 0.97 * edge, momentum=mu)(op(h), b)
-    bad = linalg.fixed_point(3000, 1.03 * edge, momentum=mu)(op(h), b)
     assert good.residual < 1e-10
-    assert bad.residual > 1e3
+    with pytest.raises(FloatingPointError, match=r"diverged.*must be below 0\.75\b"):
+        linalg.fixed_point(3000, 1.03 * edge, momentum=mu)(op(h), b)
     assert (
         heavy_ball_rate(0.97 * edge, mu, 0.5, 4.0) < 1 < heavy_ball_rate(1.03 * edge, mu, 0.5, 4.0)
     )

@@ -114,9 +114,10 @@ def test_bf16_finite_differences_evaluate_at_full_precision(method):
         seen: dict = {}
         engine, _ = quadratic_program(precision, {"hypergradient": method}, seen)
         engine.run()
-        # the lower step, then the upper step's two perturbed evaluations
+        # the lower step, then the upper step's evaluations: the first hop's check that the
+        # lower loss reads the upper level, and the two perturbed evaluations
         low = torch.bfloat16 if precision == "bf16" else torch.float32
-        assert seen["dtypes"] == [low, torch.float32, torch.float32]
+        assert seen["dtypes"] == [low, torch.float32, torch.float32, torch.float32]
         grads[precision] = seen["grad"].double()
     err = float((grads["bf16"] - grads["fp32"]).norm() / grads["fp32"].norm())
     assert err < 5e-3, err

@@ -284,7 +284,7 @@ def mixed_vjp_fd(
     quadratic in ``w`` (up to rounding). A ``u`` with a NaN or an infinity is a ``ValueError``.
     """
     length = perturbation_length(_tree.detach(w), radius)
-    u_norm = _tree.finite_rhs_norm(u, "finite-difference mixed product")
+    u_norm = float(_tree.finite_rhs_norm(u, "finite-difference mixed product"))
     if u_norm == 0.0:
         return _tree.zeros_like(_tree.detach(lam))
     # a Python number: the quotient is shaped like lam, whose tensors need not be of w's kind

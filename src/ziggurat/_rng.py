@@ -85,3 +85,14 @@ def same_draws(seed: int | None) -> Iterator[None]:
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """Run the block, then put every generator back as it was (a check that evaluates a loss
+    must not change the draws of the run it checks, whichever generator the loss uses)."""
+    saved = capture()
+    try:
+        yield
+    finally:
+        restore(saved)

@@ -7,13 +7,13 @@ their output tree, which must be one the caller created.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import _health
 from ._types import Params
 
 
@@ -192,20 +192,24 @@ def to_device(batch: Any, device: torch.device | str | None) -> Any:
     return batch
 
 
-def finite_rhs_norm(b: Params, solver: str) -> float:
-    """``||b||``, or a ``ValueError`` when ``b`` holds a NaN or an infinity.
+def finite_rhs_norm(b: Params, solver: str) -> Tensor:
+    """``||b||`` (a 0-dim tensor), checked to be finite: a ``ValueError`` otherwise, raised
+    through :mod:`ziggurat._health` (at once, or where the engine reads its checks).
 
     A non-finite ``b`` has no meaningful solution or residual; returning zeros or reporting a
     residual of 0 would hide the NaN from every diagnostic downstream. In a hypergradient ``b``
     is the cotangent ``v = dF/dw`` of the upper loss, so that is where the NaN comes from.
     """
-    b_norm = float(norm(b))
-    if not math.isfinite(b_norm):
+    b_norm = norm(b)
+
+    def message() -> str:
         bad = [name for name, t in b.items() if not bool(t.isfinite().all())]
         where = f"non-finite entries in {bad}" if bad else "its norm overflows the dtype"
-        raise ValueError(
+        return (
             f"{solver}: the right-hand side b (the cotangent v = dF/dw in a hypergradient) is "
-            f"not finite: ||b|| = {b_norm}, {where}; check the upper loss and its gradient "
-            "for NaN or inf (e.g. a diverged lower problem or a log of 0)"
+            f"not finite: ||b|| = {float(b_norm)}, {where}; check the upper loss and its "
+            "gradient for NaN or inf (e.g. a diverged lower problem or a log of 0)"
         )
+
+    _health.check(_health.not_finite(b_norm), message, ValueError)
     return b_norm

@@ -31,6 +31,10 @@ class EngineConfig:
     also write the scalars to that backend; ``"none"`` is silent. ``progress``: ``True`` draws a
     tqdm bar (step, rate, latest losses), ``False`` does not, ``None`` (the default) draws it
     when tqdm is installed and stderr is a terminal.
+    ``check_finite`` (a ziggurat option, default ``True``): every update first checks that the
+    window's losses, gradients and hypergradients are finite and its solves converged, and
+    raises before any parameter or optimizer state changes; on a GPU that is one host sync per
+    update. ``False`` skips the checks (no sync; a NaN then shows at the next logging step).
     Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
     """
 
@@ -51,6 +55,7 @@ class EngineConfig:
     checkpoint_step: int = 0
     resume: bool = False
     progress: bool | None = None
+    check_finite: bool = True
 
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:

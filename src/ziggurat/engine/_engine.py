@@ -156,6 +156,11 @@ class Engine:
         return self.config.valid_step
 
     @property
+    def check_finite(self) -> bool:
+        """``config.check_finite``: levels check their window before each update."""
+        return self.config.check_finite
+
+    @property
     def roll_back(self) -> bool:
         """``config.roll_back``: levels with uppers redo their last step after the uppers step."""
         return self.config.roll_back
@@ -210,6 +215,8 @@ class Engine:
         ZeRO optimizer state is a collective), rank 0 writes it, and every rank returns once
         the file is complete (or raises if rank 0 could not write it).
         """
+        for p in self.problems:  # no NaN of an open window reaches the file
+            p.check_health()
         state = self.checkpoint_state()
         error: BaseException | None = None
         if self.distributed.is_main:

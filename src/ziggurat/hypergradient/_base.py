@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from .. import _tree
 from .._types import InnerLoss, Params
 from ._strategies import Curvature
@@ -39,12 +41,37 @@ class HopContext:
 
 @dataclass(frozen=True)
 class HopInfo:
-    """Diagnostics of one hop, for logging."""
+    """Diagnostics of one hop, for logging.
+
+    Attributes:
+        method: the method's name.
+        iterations: operator applications (or gradient evaluations) spent.
+        residual_value: the solver's relative residual, a 0-dim tensor (no host sync until
+            read) or a float; ``nan`` when not measured. :attr:`residual` reads it as a float.
+        solution: ``H^{-1} v`` (or the method's equivalent), for warm starts.
+    """
 
     method: str
     iterations: int = 0
-    residual: float = math.nan
+    residual_value: float | Tensor = math.nan
     solution: Params | None = field(default=None, repr=False)
+
+    def __init__(
+        self,
+        method: str,
+        iterations: int = 0,
+        residual: float | Tensor = math.nan,
+        solution: Params | None = None,
+    ) -> None:
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "iterations", iterations)
+        object.__setattr__(self, "residual_value", residual)
+        object.__setattr__(self, "solution", solution)
+
+    @property
+    def residual(self) -> float:
+        """The relative residual as a float (a host sync when it is a tensor)."""
+        return float(self.residual_value)
 
 
 @dataclass(frozen=True)

@@ -149,5 +149,5 @@ class Implicit(Method):
         lin = Linearization(inner, w, lam)
         sol = self.solver(self.curvature.matvec(lin), _tree.detach(v), context.warm_start)
         out = _tree.neg(self.mixed(lin, sol.x))
-        info = HopInfo(self.label, sol.iterations, sol.residual, solution=sol.x)
+        info = HopInfo(self.label, sol.iterations, sol.residual_value, solution=sol.x)
         return HopResult(vjp=out, info=info)

@@ -219,7 +219,7 @@ class Penalty(Method):
     ) -> HopResult:
         check_inputs(w, lam, v)
         wd, lamd, vd = _tree.detach(w), _tree.detach(lam), _acc(_tree.detach(v))
-        v_norm = _tree.finite_rhs_norm(vd, "penalty")
+        v_norm = float(_tree.finite_rhs_norm(vd, "penalty"))  # one sync, as for eps
         if v_norm == 0.0:
             zero = HopInfo(self.name, 0, 0.0, solution=_tree.zeros_like(wd))
             return HopResult(_tree.zeros_like(lamd), zero)

@@ -127,4 +127,6 @@ class Stochastic(Method):
         matvec = self.curvature.matvec(Linearization(hess_loss, w, lam))
         sol = self.solver(matvec, _tree.detach(v), context.warm_start)
         out = _tree.neg(Linearization(mixed_loss, w, lam).mixed_vjp(sol.x))
-        return HopResult(out, HopInfo(self.name, sol.iterations, sol.residual, solution=sol.x))
+        return HopResult(
+            out, HopInfo(self.name, sol.iterations, sol.residual_value, solution=sol.x)
+        )

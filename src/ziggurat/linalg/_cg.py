@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
+from ._divergence import check_residual, relative
 from ._result import LinearSolver, SolveResult
 
 
@@ -19,10 +21,14 @@ class ConjugateGradient(LinearSolver):
 
     Stops after ``maxiter`` products or once ``||r|| <= tol * ||b||``; in exact arithmetic it
     is exact after ``n`` iterations on an ``n``-dimensional system. The residual is tracked by
-    the usual recurrence, so it costs nothing extra. It also stops, without dividing by zero,
-    when the residual is exactly zero or a direction of non-positive curvature appears (the
-    operator is then not positive definite; ``residual`` tells how far it got). A right-hand
-    side with a NaN or an infinity is a ``ValueError``.
+    the usual recurrence, so it costs nothing extra. Once a direction of non-positive curvature
+    appears (the operator is then not positive definite) the iterate stops moving, without
+    dividing by zero; ``residual`` tells how far it got. A right-hand side with a NaN or an
+    infinity is a ``ValueError``, and a residual that is not finite a ``FloatingPointError``
+    (:mod:`ziggurat.linalg._divergence`).
+
+    Host syncs: with a tolerance, one per iteration (reading the residual to decide whether to
+    stop); with ``tol=None`` (a fixed number of iterations) none.
 
     With ``warm_start=True`` the solver starts from ``x0`` when one is given (callers pass the
     previous solution), which costs one extra product for the initial residual; with
@@ -30,13 +36,14 @@ class ConjugateGradient(LinearSolver):
     """
 
     maxiter: int = 10
-    tol: float = 1e-10
+    tol: float | None = 1e-10
     damping: float = 0.0
     warm_start: bool = False
 
     def __post_init__(self) -> None:
         _checks.int_at_least("cg maxiter", self.maxiter, 1)
-        _checks.positive("cg tol", self.tol)
+        if self.tol is not None:
+            _checks.positive("cg tol", self.tol)
         _checks.non_negative("cg damping", self.damping)
 
     @property
@@ -46,8 +53,6 @@ class ConjugateGradient(LinearSolver):
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
         b_norm = _tree.finite_rhs_norm(b, "cg")
-        if b_norm == 0.0:
-            return SolveResult(x=_tree.zeros_like(b), iterations=0, residual=0.0)
         used = 0
         if x0 is None or not self.warm_start:
             x, r = _tree.zeros_like(b), b
@@ -57,18 +62,35 @@ class ConjugateGradient(LinearSolver):
             used = 1
         p = r
         rr = _tree.dot(r, r)
+        live = torch.ones((), dtype=torch.bool, device=rr.device)  # no breakdown yet
+        threshold = None if self.tol is None else (self.tol * b_norm) ** 2
         fresh = False  # whether x, r and p are this call's own tensors (then updated in place)
         for _ in range(self.maxiter):
-            if float(rr) <= (self.tol * b_norm) ** 2:
+            if threshold is not None and _stops(rr, threshold, live):
                 break
             hp = op(p)
             used += 1
             curvature = _tree.dot(p, hp)
-            if float(curvature) <= 0.0:
-                break
-            x, r, p, rr = _cg_update(x, r, p, hp, rr, rr / curvature, fresh)
+            live = live & (curvature > 0)
+            step = torch.where(live, rr / torch.where(live, curvature, 1.0), 0.0)
+            x, r, p, rr = _cg_update(x, r, p, hp, rr, step, fresh)
             fresh = True
-        return SolveResult(x=x, iterations=used, residual=math.sqrt(float(rr)) / b_norm)
+        residual = relative(torch.sqrt(rr), b_norm)
+        check_residual(residual, "cg", _advice, bound=math.inf)
+        return SolveResult(x=x, iterations=used, residual=residual)
+
+
+def _stops(rr: Tensor, threshold: Tensor, live: Tensor) -> bool:
+    """Whether the residual is below the threshold or the curvature broke down (one sync)."""
+    converged, alive = torch.stack([rr <= threshold, live]).tolist()
+    return bool(converged) or not alive
+
+
+def _advice() -> str:
+    return (
+        "cg needs a symmetric positive definite H; the products overflowed or are not finite. "
+        "Check the lower loss for NaN, add damping (cg(damping=...)), or scale the problem"
+    )
 
 
 def _cg_update(
@@ -83,15 +105,20 @@ def _cg_update(
         _tree.axpy_(step, p, x)
         _tree.axpy_(-step, hp, r)
         rr_new = _tree.dot(r, r)
-        return x, r, _tree.xpay_(r, rr_new / rr, p), rr_new
+        return x, r, _tree.xpay_(r, _ratio(rr_new, rr), p), rr_new
     x = _tree.axpy(step, p, x)
     r = _tree.axpy(-step, hp, r)
     rr_new = _tree.dot(r, r)
-    return x, r, _tree.axpy(rr_new / rr, p, r), rr_new
+    return x, r, _tree.axpy(_ratio(rr_new, rr), p, r), rr_new
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den``, 0 where ``den`` is 0 (a converged or zero right-hand side)."""
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
 def conjugate_gradient(
-    maxiter: int = 10, tol: float = 1e-10, *, damping: float = 0.0, warm_start: bool = False
+    maxiter: int = 10, tol: float | None = 1e-10, *, damping: float = 0.0, warm_start: bool = False
 ) -> ConjugateGradient:
     """Build a conjugate-gradient solver."""
     return ConjugateGradient(maxiter=maxiter, tol=tol, damping=damping, warm_start=warm_start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
+from ._divergence import check_residual, relative
 from ._result import LinearSolver, SolveResult
 
 
@@ -56,8 +58,16 @@ class Dense(LinearSolver):
                 "(dense(damping=...), exact(damping=...)), or remove parameters the loss "
                 "does not depend on"
             ) from err
-        res = float((rhs - h @ sol).norm()) / b_norm if b_norm > 0 else 0.0
+        res = relative((rhs - h @ sol).norm(), b_norm)
+        check_residual(res, "dense solve", _advice, bound=math.inf)
         return SolveResult(x=_tree.unflatten(sol, b), iterations=n, residual=res)
+
+
+def _advice() -> str:
+    return (
+        "the materialised Hessian is not finite or numerically singular; check the lower loss "
+        "for NaN, or add damping > 0 (dense(damping=...), exact(damping=...))"
+    )
 
 
 def dense(*, damping: float = 0.0, max_size: int = 20_000) -> Dense:

@@ -28,9 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
+from ._divergence import check_residual, relative, step_bound
 from ._result import LinearSolver, SolveResult
 
 
@@ -87,9 +90,8 @@ class FixedPoint(LinearSolver):
     def __call__(self, matvec: MatVec, b: Params, x0: Params | None = None) -> SolveResult:
         op = damped(matvec, self.damping)
         b_norm = _tree.finite_rhs_norm(b, "fixed_point")
-        if b_norm == 0.0:
+        if float(b_norm) == 0.0:  # one host sync: no product is spent on b = 0
             return SolveResult(x=_tree.zeros_like(b), iterations=0, residual=0.0)
-        stop = 0.0 if self.tol is None else self.tol * b_norm
         used = 0
         if x0 is None:
             x, r = _tree.zeros_like(b), b
@@ -98,15 +100,28 @@ class FixedPoint(LinearSolver):
             x, r = x0, _tree.sub(b, op(x0))
             used = 1
         x_prev = x
-        r_norm = float(_tree.norm(r))
         for _ in range(self.iterations):
-            if r_norm <= stop or not math.isfinite(r_norm):
+            # with a tolerance, one host sync per iteration decides whether to stop
+            if self.tol is not None and self._converged(r, b_norm):
                 break
             x_prev, x = x, self._update(x, x_prev, r)
             r = _tree.sub(b, op(x))
             used += 1
-            r_norm = float(_tree.norm(r))
-        return SolveResult(x=x, iterations=used, residual=r_norm / b_norm)
+        res = relative(_tree.norm(r), b_norm)
+        check_residual(res, "fixed_point", lambda: self._advice(op, b))
+        return SolveResult(x=x, iterations=used, residual=res)
+
+    def _converged(self, r: Params, b_norm: Tensor) -> bool:
+        assert self.tol is not None
+        r_norm = float(_tree.norm(r))
+        return not math.isfinite(r_norm) or r_norm <= self.tol * float(b_norm)
+
+    def _advice(self, op: MatVec, b: Params) -> str:
+        bound = step_bound(op, b, lambda top: 2.0 * (1.0 + self.momentum) / top)
+        return (
+            "the fixed-point iteration converges only for 0 < step < 2 (1 + momentum) / "
+            f"lambda_max(H) and step is {self.step:g}; {bound}. Lower the step, or use cg"
+        )
 
     def _update(self, x: Params, x_prev: Params, r: Params) -> Params:
         out = _tree.axpy(self.step, r, x)

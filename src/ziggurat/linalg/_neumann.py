@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .. import _checks, _tree
 from .._types import MatVec, Params
 from ._damping import damped
+from ._divergence import check_residual, relative, step_bound
 from ._result import LinearSolver, SolveResult
 
 
@@ -44,9 +45,17 @@ class Neumann(LinearSolver):
             else:
                 term = _tree.axpy_(-self.alpha, op(term), term)
                 total = _tree.add_(total, term)
-        res = float(_tree.norm(term)) / b_norm if b_norm > 0 else 0.0
+        res = relative(_tree.norm(term), b_norm)  # a tensor: no host sync
+        check_residual(res, "neumann", lambda: self._advice(op, b))
         x = _tree.scale_(total, self.alpha) if self.iterations else _tree.scale(b, self.alpha)
         return SolveResult(x=x, iterations=self.iterations, residual=res)
+
+    def _advice(self, op: MatVec, b: Params) -> str:
+        bound = step_bound(op, b, lambda top: 2.0 / top)
+        return (
+            f"the Neumann series converges only for 0 < alpha < 2 / lambda_max(H) and alpha is "
+            f"{self.alpha:g}; {bound}. Lower alpha (Config(neumann_alpha=...)), or use cg"
+        )
 
 
 def neumann(iterations: int = 1, alpha: float = 1.0, *, damping: float = 0.0) -> Neumann:

@@ -6,6 +6,8 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from .._types import MatVec, Params
 
 
@@ -16,13 +18,25 @@ class SolveResult:
     Attributes:
         x: the solution tree.
         iterations: operator applications the solver spent (Hessian-vector products).
-        residual: relative residual ``||b - H x|| / ||b||``; see each solver for how it is
-            obtained. ``nan`` when the solver does not measure it.
+        residual_value: relative residual ``||b - H x|| / ||b||`` as the solver computed it, a
+            0-dim tensor (no host sync until read) or a float; see each solver for how it is
+            obtained. ``nan`` when the solver does not measure it. :attr:`residual` reads it
+            as a float.
     """
 
     x: Params
     iterations: int
-    residual: float
+    residual_value: float | Tensor
+
+    def __init__(self, x: Params, iterations: int, residual: float | Tensor) -> None:
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "iterations", iterations)
+        object.__setattr__(self, "residual_value", residual)
+
+    @property
+    def residual(self) -> float:
+        """The relative residual as a float (a host sync when it is a tensor)."""
+        return float(self.residual_value)
 
 
 class LinearSolver(abc.ABC):

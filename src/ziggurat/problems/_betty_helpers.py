@@ -21,7 +21,7 @@ from ..configs import Config
 from ..logging import LoggerBase
 from . import _state
 from ._clock import InnerLoopClock
-from ._output import check_finite
+from ._output import Metric, check_finite
 from ._precision import DTYPES, Precision
 from ._runtime import Runtime
 
@@ -41,10 +41,10 @@ class BettyHelpers:
         optimizer: torch.optim.Optimizer
         scheduler: Any
         children: list[Any]
-        last_metrics: dict[str, float]
+        _last_metrics: dict[str, Metric]
 
         def named_trainable_parameters(self) -> Params: ...
-        def evaluate(self, batch: Any) -> tuple[Tensor, dict[str, float]]: ...
+        def evaluate(self, batch: Any) -> tuple[Tensor, dict[str, Metric]]: ...
         def _own_optimizer(self) -> torch.optim.Optimizer: ...
 
     @property
@@ -154,19 +154,19 @@ class BettyHelpers:
         that only writes console lines."""
         return LoggerBase() if self.engine is None else self.engine.logger
 
-    def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
+    def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, Any]]:
         """The loss this problem differentiates on ``batch``, and what it logs.
 
         ``training_step(batch)`` under this problem's autocast, checked (a scalar, finite),
         divided by ``gradient_accumulation`` and scaled by the fp16 GradScaler if there is
         one; the dict holds the unscaled loss under ``"loss"`` and the other entries that
-        ``training_step`` returned.
+        ``training_step`` returned, as tensors where they are (no host sync). A non-finite
+        loss is raised before the level's next update (:mod:`ziggurat._health`).
         """
         loss, metrics = self.evaluate(batch)
-        value = float(loss.detach())  # the one host sync of a step's loss
-        check_finite(value, self._name, self._global_step, self.count)
-        self.last_metrics = metrics  # the training step's own, never a hop's perturbed ones
-        stats = {"loss": value, **metrics}
+        check_finite(loss, self._name, self._global_step, self.count)  # read before the update
+        self._last_metrics = metrics  # the training step's own, never a hop's perturbed ones
+        stats = {"loss": loss.detach(), **metrics}
         k = self._config.gradient_accumulation
         scaled = loss if k == 1 else loss / k  # dividing by 1 would add a node to the graph
         if self.scaler is not None:

@@ -24,6 +24,8 @@ class HopMemory:
     def __init__(self) -> None:
         self.warm_starts: dict[HopKey, Params] = {}
         self.last_grads: Params | None = None
+        # the checks of problems/_connection already made (hop keys, and "own"); not saved
+        self.verified: set[object] = set()
 
     def context(self, key: HopKey, preconditioner: Params | None = None) -> HopContext:
         return HopContext(warm_start=self.warm_starts.get(key), preconditioner=preconditioner)

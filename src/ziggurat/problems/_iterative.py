@@ -20,6 +20,7 @@ from ..hypergradient import Method, Trajectory, segment_count
 from ..optim import FunctionalOptimizer, OptState, from_torch
 from . import _segments
 from ._data import to_device
+from ._output import check_finite_gradients
 from ._problem import Problem
 from ._runtime import Runtime
 
@@ -175,6 +176,8 @@ class IterativeProblem(Problem):
         if not boundary:
             return
         assert self._fopt is not None and self._opt_state is not None
+        check_finite_gradients(self._pending, self.name, self._global_step, self.count)
+        self.check_health()
         clipped = self._clip(self._pending)
         if self._segments is not None:
             self._checkpointed_update(self._segments, clipped)

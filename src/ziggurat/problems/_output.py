@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .._values import as_float
+from .. import _health
+from ..systems.fsdp import full
+
+Metric = float | Tensor
+"""A logged value: a number, or a tensor kept on its device until a logger reads it."""
 
 
-def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, float]]:
-    """``(loss, metrics)`` from a tensor or a dict with ``"loss"``; errors name ``owner``."""
-    metrics: dict[str, float] = {}
+def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, Metric]]:
+    """``(loss, metrics)`` from a tensor or a dict with ``"loss"``; errors name ``owner``.
+
+    Tensor metrics are detached but stay tensors: reading them is a host sync, which happens
+    only when something logs them.
+    """
+    metrics: dict[str, Metric] = {}
     if isinstance(out, dict):
         if "loss" not in out:
             raise ValueError(
                 f"problem {owner!r}: training_step returned a dict without 'loss' "
                 f"(keys {sorted(out)}); add the loss under 'loss'"
             )
-        metrics = {k: as_float(v) for k, v in out.items() if k != "loss"}
+        metrics = {k: _metric(v, owner, k) for k, v in out.items() if k != "loss"}
         out = out["loss"]
     if not isinstance(out, Tensor):
         raise TypeError(
@@ -34,11 +42,48 @@ def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, float]]:
     return out.reshape(()), metrics
 
 
-def check_finite(loss: float, owner: str, global_step: int, count: int) -> None:
-    """``FloatingPointError`` naming the level and its steps for a NaN or infinite loss."""
-    if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"problem {owner!r}: loss is {loss} at global step {global_step}, local step "
-            f"{count}; lower the learning rate, clip gradients "
+def _metric(value: Any, owner: str, key: str) -> Metric:
+    if isinstance(value, Tensor):
+        return value.detach()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"problem {owner!r}: training_step returned {key!r}: {value!r}; metrics must be "
+            "numbers or tensors"
+        ) from None
+
+
+def check_finite(loss: Tensor, owner: str, global_step: int, count: int) -> None:
+    """``FloatingPointError`` naming the level and its steps for a NaN or infinite loss,
+    through :mod:`ziggurat._health` (raised before the level's next update)."""
+
+    def message() -> str:
+        return (
+            f"problem {owner!r}: loss is {float(loss.detach())} at global step {global_step}, "
+            f"local step {count}; lower the learning rate, clip gradients "
             "(Config(gradient_clipping=...)) or check the data"
         )
+
+    _health.check(_health.not_finite(loss), message)
+
+
+def check_finite_gradients(
+    grads: dict[str, Tensor], owner: str, global_step: int, count: int
+) -> None:
+    """``FloatingPointError`` for gradients with a NaN or an infinity (behind a finite loss:
+    a square root or logarithm at 0, a division by zero, an overflow)."""
+    if not grads:
+        return
+    norms = torch.stack([full(torch.linalg.vector_norm(g.detach())) for g in grads.values()])
+
+    def message() -> str:
+        bad = [k for k, g in grads.items() if not bool(torch.isfinite(g).all())]
+        return (
+            f"problem {owner!r}: its gradients are not finite at global step {global_step}, "
+            f"local step {count} ({bad[:5]}), although its loss is; the update is refused. "
+            "Look for a square root or logarithm at 0, a division by zero or an overflow in "
+            "training_step, or clip gradients (Config(gradient_clipping=...))"
+        )
+
+    _health.check(_health.not_finite(norms), message)

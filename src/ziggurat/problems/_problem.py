@@ -11,14 +11,17 @@ and the pieces of its checkpoint entry (``_state``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import _health
 from .._schedulers import steps_per_update
 from .._types import Params
+from .._values import as_float
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from . import _components, _output, _state
@@ -26,6 +29,7 @@ from ._betty_helpers import BettyHelpers
 from ._clock import InnerLoopClock
 from ._data import Loaders, to_device
 from ._hops import HopKey, HopMemory
+from ._output import Metric, check_finite_gradients
 from ._params import ModuleParameters
 from ._precision import Precision, widen
 from ._runtime import HypergradientRecord, Runtime, resolve
@@ -85,8 +89,9 @@ class Problem(BettyHelpers):
         self.paths: list[list[Problem]] = []
         self.ready: dict[str, bool] = {}
         self.last_hop_info: list[HopInfo] = []
-        self.last_loss: float = math.nan
-        self.last_metrics: dict[str, float] = {}
+        self._last_loss: Tensor | float = math.nan
+        self._last_metrics: dict[str, Metric] = {}
+        self._checks: list[_health.Check] = []  # of the open update window
         self._training = True
         self._method: Method | None = None
         self._cache: dict[str, Any] | None = None  # roll-back state
@@ -187,6 +192,19 @@ class Problem(BettyHelpers):
         return self.engine
 
     @property
+    def last_loss(self) -> float:
+        """The loss of the last step (NaN before any); kept as a tensor until read."""
+        if isinstance(self._last_loss, Tensor):
+            self._last_loss = float(self._last_loss)
+        return self._last_loss
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The other entries ``training_step`` returned at the level's own last step, as
+        floats (reading them is a host sync; they stay tensors until read)."""
+        return {k: as_float(v) for k, v in self._last_metrics.items()}
+
+    @property
     def last_hypergradient_norm(self) -> float:
         """Norm of the hypergradient of the last step (NaN before any, or without paths).
 
@@ -252,7 +270,9 @@ class Problem(BettyHelpers):
         """The autocast context of this problem's precision (a no-op for fp32)."""
         return self._precision.autocast()
 
-    def evaluate(self, batch: Any, full_precision: bool = False) -> tuple[Tensor, dict[str, float]]:
+    def evaluate(
+        self, batch: Any, full_precision: bool = False
+    ) -> tuple[Tensor, dict[str, Metric]]:
         """``training_step(batch)``'s scalar loss (widened to fp32) and metrics, under this
         problem's autocast unless ``full_precision``; changes no state of the problem."""
         if full_precision:
@@ -350,13 +370,29 @@ class Problem(BettyHelpers):
         """Batch, loss, gradients (with hypergradients), and an update at accumulation ends."""
         self.cur_batch = self.get_batch() if batch is None else batch
         self._clock.add_batch(self.cur_batch)
-        scaled, stats = self.get_loss(self.cur_batch)
-        self.last_loss = stats["loss"]
-        grads = self.gradients(scaled)
-        boundary = fresh or self._clock.count % self._config.gradient_accumulation == 0
-        # with roll-back the scheduler steps once, after the redone step (as in Betty)
-        self._clock.window_closed = boundary
-        self._apply_gradients(grads, boundary, step_scheduler=fresh or not self._rolls_back())
+        with self._checking():
+            scaled, stats = self.get_loss(self.cur_batch)
+            self._last_loss = stats["loss"]
+            grads = self.gradients(scaled)
+            boundary = fresh or self._clock.count % self._config.gradient_accumulation == 0
+            # with roll-back the scheduler steps once, after the redone step (as in Betty)
+            self._clock.window_closed = boundary
+            rolls_back = self._rolls_back()
+            self._apply_gradients(grads, boundary, step_scheduler=fresh or not rolls_back)
+
+    def _checking(self) -> contextlib.AbstractContextManager[Any]:
+        """Health checks of this level's steps: kept until its update (one host sync there),
+        or skipped with ``EngineConfig(check_finite=False)``."""
+        if self.runtime.check_finite:
+            return _health.collecting(self._checks)
+        return _health.silenced()
+
+    def check_health(self) -> None:
+        """Raise the first failed health check of the open update window (a NaN loss, a
+        non-finite gradient or hypergradient, a diverged solve), with one host sync; the
+        update and the checkpoints call it before they use the window's results."""
+        where = f"problem {self._name!r}, global step {self._clock.global_step}"
+        _health.raise_first(self._checks, note=f"(raised at the update of {where})")
 
     def hop_batches(self) -> list[Any]:
         """The batches of the last accumulation window: the lower loss of a hop is their mean.
@@ -403,6 +439,10 @@ class Problem(BettyHelpers):
             return
         precision, group = self._precision, self.runtime.distributed
         group.average_grads(params.values())  # one average over data-parallel ranks per update
+        if not precision.owns_step():  # fp16's GradScaler skips overflowed steps itself
+            grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+            check_finite_gradients(grads, self._name, self._clock.global_step, self.count)
+        self.check_health()
         precision.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(list(params.values()), self._config.gradient_clipping)
@@ -440,7 +480,7 @@ class Problem(BettyHelpers):
         every = self._config.log_step
         if every <= 0 or self._clock.count % every != 0:
             return
-        stats = {"loss": self.last_loss, **self.last_metrics}
+        stats = {"loss": self._last_loss, **self._last_metrics}
         self.runtime.log_metrics(self._name, stats, self._log_step())
 
     def _log_hypergradient(self) -> None:

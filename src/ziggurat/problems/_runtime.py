@@ -77,6 +77,11 @@ class Runtime(Protocol):
         ...
 
     @property
+    def check_finite(self) -> bool:
+        """Whether levels check their losses, gradients and solves before each update."""
+        ...
+
+    @property
     def logger(self) -> LoggerBase:
         """Console lines and metric records of this run."""
         ...

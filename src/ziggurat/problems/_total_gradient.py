@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import _tree
+from .. import _health, _tree
 from .._types import Params
 from ..hypergradient import Hop, fold
+from . import _connection
 from ._functional import pure_mean_loss
 from ._hops import HopKey
 
@@ -38,8 +39,9 @@ def _first_lowers(problem: Problem) -> list[Problem]:
 
 def _direct(
     problem: Problem, loss: Tensor, firsts: list[Problem]
-) -> tuple[Params, dict[str, Params]]:
-    """One backward pass: gradients on the problem's own parameters and on each first lower's."""
+) -> tuple[Params, dict[str, Params], bool]:
+    """One backward pass: gradients on the problem's own parameters and on each first lower's,
+    and whether the loss reached any of the problem's own parameters."""
     groups = [problem.named_trainable_parameters()] + [
         p.named_trainable_parameters() for p in firsts
     ]
@@ -53,9 +55,10 @@ def _direct(
             if inputs
             else ()
         )
+    reached = any(g is not None for g in raw[: len(groups[0])])
     filled = iter(torch.zeros_like(t) if g is None else g for g, t in zip(raw, inputs, strict=True))
     trees = [{k: next(filled) for k in g} for g in groups]
-    return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}
+    return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}, reached
 
 
 def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
@@ -106,6 +109,9 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         # data-parallel ranks: global-batch products
         method = problem.runtime.distributed.wrap_method(method)
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
+        if key not in problem._hops.verified:
+            _connection.check_hop(path, j, inner, w, lam)
+            problem._hops.verified.add(key)
         hops.append(Hop(method, inner, w, lam, context))
         keys.append(key)
     return hops, keys
@@ -115,9 +121,12 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
     """``dL/dtheta`` for ``problem``: direct term plus every path's folded hypergradient."""
     firsts = _first_lowers(problem)
     # no backward pass into a lower level whose hop ignores it; its hop gets zeros
-    direct, cotangents = _direct(
+    direct, cotangents, reached = _direct(
         problem, loss, [p for p in firsts if p.hop_method().reads_cotangent]
     )
+    if "own" not in problem._hops.verified:
+        _connection.check_own(problem, reached)
+        problem._hops.verified.add("own")
     for p in firsts:
         if p.name not in cotangents:
             cotangents[p.name] = _tree.zeros_like(_tree.detach(p.named_trainable_parameters()))
@@ -134,5 +143,22 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
             lower.remember_hop(key, hop.method, info)
         problem.last_hop_info.extend(infos)
-    problem.set_hypergradient_norm(_tree.norm(hyper) if hyper is not None else math.nan)
+    if hyper is None:
+        problem.set_hypergradient_norm(math.nan)
+        return total
+    norm = _tree.norm(hyper)
+    problem.set_hypergradient_norm(norm)
+    _health.check(_health.not_finite(norm), lambda: _not_finite(problem, infos_of(problem)))
     return total
+
+
+def infos_of(problem: Problem) -> list[str]:
+    return [f"{i.method} (residual {i.residual:.3g})" for i in problem.last_hop_info]
+
+
+def _not_finite(problem: Problem, hops: list[str]) -> str:
+    return (
+        f"problem {problem.name!r}: its hypergradient is not finite (hops: {', '.join(hops)}); "
+        "a lower level diverged or a solve overflowed. Check the lower levels' losses, lower "
+        "their learning rates, or use a method with a convergence guarantee (cg)"
+    )

@@ -13,6 +13,7 @@ format is not used: it reads its metadata with ``pickle``, and checkpoints here 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +24,18 @@ from .._types import Params
 
 
 def is_sharded(t: Any) -> bool:
-    """Whether ``t`` is a DTensor (a sharded parameter, gradient or optimizer state)."""
-    from torch.distributed.tensor import DTensor
+    """Whether ``t`` is a DTensor (a sharded parameter, gradient or optimizer state).
 
-    return isinstance(t, DTensor)
+    Until something imported ``torch.distributed.tensor`` no tensor can be one, so a
+    single-process program never pays for that import here.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def full(t: Tensor) -> Tensor:
+    """``t``, or the whole of it when it is a DTensor (a collective; no host sync)."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
 
 
 def check_shardable(module: nn.Module, optimizer: torch.optim.Optimizer, owner: str) -> None:
