@@ -25,9 +25,11 @@ from . import _components, _output, _state
 from ._betty_helpers import BettyHelpers
 from ._clock import InnerLoopClock
 from ._data import Loaders, to_device
+from ._functional import module_substitutions
 from ._hops import HopKey, HopMemory
 from ._params import ModuleParameters
 from ._precision import Precision, widen
+from ._reparametrize import substituted_parameters
 from ._runtime import HypergradientRecord, Runtime, resolve
 from ._total_gradient import total_gradient
 
@@ -254,14 +256,24 @@ class Problem(BettyHelpers):
 
     def evaluate(self, batch: Any, full_precision: bool = False) -> tuple[Tensor, dict[str, float]]:
         """``training_step(batch)``'s scalar loss (widened to fp32) and metrics, under this
-        problem's autocast unless ``full_precision``; changes no state of the problem."""
-        if full_precision:
-            out = self.training_step(batch)
-        else:
-            with self._precision.autocast():
-                out = self.training_step(batch)
+        problem's autocast unless ``full_precision``; changes no state of the problem. While it
+        runs, each level's :meth:`module_substitution` is in its module's parameter slots."""
+        out = self._training_output(batch, full_precision)
         loss, metrics = _output.split_output(out, self._name)
         return widen(loss), metrics
+
+    def _training_output(self, batch: Any, full_precision: bool) -> Any:
+        levels = [self] if self.engine is None else self.engine.problems
+        with substituted_parameters(module_substitutions(levels)):
+            if full_precision:
+                return self.training_step(batch)
+            with self._precision.autocast():
+                return self.training_step(batch)
+
+    def module_substitution(self) -> tuple[nn.Module, Params] | None:
+        """``(module, tensors)`` to put in the module's parameter slots while any level's loss
+        is evaluated, or ``None`` (here) when the module holds the level's parameters itself."""
+        return None
 
     def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor:
         """:meth:`evaluate`'s loss alone: what pure losses and replays evaluate."""
