@@ -88,11 +88,7 @@ class IterativeProblem(Problem):
             )
         super().initialize(engine)
         if self.scheduler is not None:
-            raise ValueError(
-                f"problem {self.name!r}: IterativeProblem does not take a scheduler (its "
-                "differentiable optimizer copies the torch optimizer's settings once); use an "
-                "ImplicitProblem, or change the learning rate between runs"
-            )
+            self._refuse_scheduler()
         segments = self.config.checkpoint_segments
         if segments is not None and engine.roll_back:
             raise ValueError(
@@ -106,6 +102,19 @@ class IterativeProblem(Problem):
         self._fopt = from_torch(self.optimizer)
         self._params = _tree.leaves(super().named_trainable_parameters())
         self._opt_state = self._fopt.init(_tree.detach(self._params))
+
+    def _refuse_scheduler(self) -> None:
+        raise ValueError(
+            f"problem {self.name!r}: IterativeProblem does not take a scheduler (its "
+            "differentiable optimizer copies the torch optimizer's settings once); use an "
+            "ImplicitProblem, or change the learning rate between runs"
+        )
+
+    def set_scheduler(self, scheduler: Any) -> None:
+        """Refused once the engine is built (see :meth:`initialize`)."""
+        if self.engine is not None and scheduler is not None:
+            self._refuse_scheduler()
+        super().set_scheduler(scheduler)
 
     def named_trainable_parameters(self) -> Params:
         return self._params

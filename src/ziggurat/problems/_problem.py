@@ -22,6 +22,7 @@ from .._types import Params
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from . import _components, _output, _state
+from ._betty_graph import not_provided
 from ._betty_helpers import BettyHelpers
 from ._clock import InnerLoopClock
 from ._data import Loaders, to_device
@@ -30,7 +31,7 @@ from ._hops import HopKey, HopMemory
 from ._params import ModuleParameters
 from ._precision import Precision, widen
 from ._reparametrize import substituted_parameters
-from ._runtime import HypergradientRecord, Runtime, resolve
+from ._runtime import Runtime, resolve
 from ._total_gradient import total_gradient
 
 
@@ -168,7 +169,11 @@ class Problem(BettyHelpers):
         if item == "env":
             raise AttributeError(item)
         owner = f"problem {self.__dict__.get('_name')!r}"
-        return resolve(self.__dict__.get("engine"), item, owner)
+        engine = self.__dict__.get("engine")
+        missing = not_provided(owner, item)
+        if missing is not None and (engine is None or engine.problem_by_name(item) is None):
+            raise missing
+        return resolve(engine, item, owner)
 
     @property
     def name(self) -> str:
@@ -444,24 +449,6 @@ class Problem(BettyHelpers):
     def written_gradients(self) -> Params:
         """Copies of the gradients written since the last update (an open window's)."""
         return _state.grads_of(self.named_trainable_parameters())
-
-    def _log_step(self) -> int:
-        return self._clock.count if self._config.log_local_step else self._clock.global_step
-
-    def _maybe_log(self) -> None:
-        every = self._config.log_step
-        if every <= 0 or self._clock.count % every != 0:
-            return
-        stats = {"loss": self.last_loss, **self.last_metrics}
-        self.runtime.log_metrics(self._name, stats, self._log_step())
-
-    def _log_hypergradient(self) -> None:
-        every = self._config.log_step
-        console = every > 0 and self._clock.count % every == 0
-        record = HypergradientRecord(
-            self._name, self._log_step(), console, self._hypergradient_norm, self.last_hop_info
-        )
-        self.runtime.log_hypergradient(record)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """This level's entry in an engine checkpoint (tensors and plain containers); a
