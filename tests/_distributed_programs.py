@@ -72,6 +72,17 @@ class UnrolledLower(IterativeProblem):
         return (weight * residual.pow(2)).mean() + 0.05 * self.params["weight"].pow(2).sum()
 
 
+class UnrolledModuleLower(IterativeProblem):
+    """``UnrolledLower``'s loss, reading its weights through ``self.module`` as Betty's
+    ``HigherIterativeProblem`` programs do."""
+
+    def training_step(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        weight = torch.sigmoid(self.weights(x)).squeeze(-1)
+        residual = self.module(x).squeeze(-1) - y
+        return (weight * residual.pow(2)).mean() + 0.05 * self.module.weight.pow(2).sum()
+
+
 class Weights(ImplicitProblem):
     def training_step(self, batch: Any) -> torch.Tensor:
         x, y = batch
@@ -145,6 +156,7 @@ LOWER_CONFIGS = {
     ),
     # an IterativeProblem: three unrolled SGD-momentum steps per upper step, clipped
     "unrolled": Config(unroll_steps=3, gradient_clipping=0.5),
+    "unrolled_module": Config(unroll_steps=3, gradient_clipping=0.5),
     "early": Config(type="darts", darts_alpha=0.01),
 }
 THREE_LEVELS = ("three", "three_fsdp")
@@ -200,7 +212,8 @@ def build(
         if program in ("sama", "rollback_fsdp", "ckpt_rollback")
         else torch.optim.SGD(low_mod.parameters(), lr=0.1, momentum=0.5)
     )
-    lower = (UnrolledLower if program == "unrolled" else Lower)(
+    lower_class = {"unrolled": UnrolledLower, "unrolled_module": UnrolledModuleLower}
+    lower = lower_class.get(program, Lower)(
         name="lower",
         module=low_mod,
         optimizer=low_opt,

@@ -1,5 +1,5 @@
 """Modules Betty programs import: ``logging``, ``utils``, ``hypergradient.jvp_fn_mapping``,
-and ``problems.HigherIterativeProblem`` (refused with directions)."""
+and ``problems.HigherIterativeProblem`` (``IterativeProblem`` under Betty's name)."""
 
 from __future__ import annotations
 
@@ -132,13 +132,15 @@ def test_jvp_fn_mapping_maps_config_types_to_presets_and_refuses_insertions() ->
 
 
 # ---------------------------------------------------------------- HigherIterativeProblem
-def test_higher_iterative_problem_imports_and_refuses_with_directions() -> None:
+def test_higher_iterative_problem_is_an_iterative_problem() -> None:
+    """Betty's name for an unrolled level whose loss calls ``self.module(x)``; its results
+    are in ``test_unrolled_module_calls.py``."""
     from ziggurat.problems import HigherIterativeProblem, IterativeProblem
 
-    class Child(HigherIterativeProblem):  # a module that defines one still loads
+    class Child(HigherIterativeProblem):
         def training_step(self, batch):
             return self.module(batch).sum()
 
-    assert issubclass(Child, IterativeProblem)
-    with pytest.raises(TypeError, match=r"Child: .*Subclass ziggurat.problems.IterativeProblem"):
-        Child(name="inner", module=nn.Linear(1, 1))
+    module = nn.Linear(1, 1)
+    child = Child(name="inner", module=module, optimizer=torch.optim.SGD(module.parameters(), 0.1))
+    assert isinstance(child, IterativeProblem) and not child.params_live_in_module

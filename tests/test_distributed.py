@@ -56,6 +56,7 @@ JOBS = [
     ("cg_fd", "ddp"),
     ("cg_fd", "zero"),
     ("penalty", "ddp"),
+    ("unrolled_module", "ddp"),
 ]
 FSDP_ATOL = 1e-12
 """FSDP2 against DDP on the same program (float64): FSDP2 averages sharded gradients with a
@@ -98,6 +99,15 @@ def test_data_parallel_equals_single_process_on_global_batches(
     single = run(job[0])
     assert_close(ranks[0][job], ranks[1][job], atol=0.0)
     assert_close(ranks[0][job], single, atol=1e-10)
+
+
+@pytest.mark.distributed
+def test_unrolled_module_calls_under_ddp_equal_the_self_call_form(ranks: list[dict]) -> None:
+    """A lower loss that calls ``self.module(x)`` trains as its ``self(x)`` form, on two ranks
+    and on one process."""
+    single = run("unrolled")
+    for r in range(WORLD):
+        assert_close(ranks[r][("unrolled_module", "ddp")], single, atol=1e-10)
 
 
 @pytest.mark.distributed

@@ -515,7 +515,7 @@ def test_iterative_problem_steps_equal_its_torch_optimizer(make_opt) -> None:
 def test_iterative_problem_whose_loss_ignores_its_params_is_an_error() -> None:
     class Detached(IterativeProblem):
         def training_step(self, batch):
-            return self.module().pow(2).sum()  # the module's copy, not self.params
+            return self.module().detach().pow(2).sum()  # cut from self.params
 
     module = Vec(torch.ones(2, dtype=D))
     p = Detached(
@@ -525,7 +525,7 @@ def test_iterative_problem_whose_loss_ignores_its_params_is_an_error() -> None:
         train_data_loader=loader(),
     )
     with pytest.raises(
-        ValueError, match=r"'it': its loss does not depend on self.params.*self\(x\)"
+        ValueError, match=r"'it': its loss does not depend on self.params.*self.module\(x\)"
     ):
         Engine([p], EngineConfig(train_iters=1, valid_step=0)).run()
 

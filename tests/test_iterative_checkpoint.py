@@ -24,10 +24,18 @@ OPTIMIZERS = {
 }
 
 
-def program(segments, opt: str = "sgd-momentum", steps: int = 7, accum: int = 1, clip=0.0):
+def program(
+    segments,
+    opt: str = "sgd-momentum",
+    steps: int = 7,
+    accum: int = 1,
+    clip=0.0,
+    read: str = "forward",
+):
     """MAML-style: the inner loop starts at the upper level's parameters (live) and its loss
     reads them too, draws noise from the global RNG, and changes batch every step; two inner
-    loops. Returns the upper level's two gradients and the engine."""
+    loops. The lower loss reads its weights as ``self.forward()`` or, with ``read="module"``,
+    as ``self.module()``. Returns the upper level's two gradients and the engine."""
     torch.manual_seed(0)
     a = torch.randn(N, N, dtype=D)
     a = a @ a.T / N + torch.eye(N, dtype=D)
@@ -45,7 +53,7 @@ def program(segments, opt: str = "sgd-momentum", steps: int = 7, accum: int = 1,
             self.params = dict(self.upper.module.named_parameters())
 
         def training_step(self, batch):
-            w = self.forward()
+            w = self.forward() if read == "forward" else self.module()
             noise = 0.01 * torch.randn(N, dtype=D)
             return 0.5 * w @ a @ w - w @ (torch.tanh(self.upper()) + batch + noise) + w.pow(4).sum()
 
@@ -97,6 +105,16 @@ def test_checkpointed_unrolling_equals_plain_unrolling(opt: str, accum: int, cli
                 atol=1e-12,
                 rtol=0,
             )
+
+
+def test_checkpointed_unrolling_with_module_calls_equals_plain_unrolling() -> None:
+    """A loss that calls ``self.module()`` is replayed on the segment's iterate too: both upper
+    gradients equal plain unrolling of the ``self.forward()`` form (float64)."""
+    plain, _ = program(None, "adam", accum=2, clip=0.5)
+    assert float(plain.abs().max()) > 0.1
+    for segments in (None, "sqrt", 3):
+        got, _ = program(segments, "adam", accum=2, clip=0.5, read="module")
+        torch.testing.assert_close(got, plain, atol=1e-12, rtol=0, msg=str(segments))
 
 
 def test_the_inner_gradient_is_with_respect_to_the_iterate_only() -> None:

@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ziggurat.problems._reparametrize import call_substituted, substituted
+from ziggurat.problems._reparametrize import (
+    call_substituted,
+    substituted,
+    substituted_parameters,
+)
 
 
 class Tied(nn.Module):
@@ -109,3 +113,24 @@ def test_unknown_names_are_refused() -> None:
     m = nn.Linear(3, 2)
     with pytest.raises(ValueError, match="no parameters named \\['wieght'\\]"):
         call_substituted(lambda: m(torch.ones(1, 3)), [(m, {"wieght": torch.zeros(2, 3)})])
+
+
+def test_substituted_parameters_match_functional_call_with_live_buffers() -> None:
+    """Parameters only: ``module(x)``, ``module.<name>`` and ``module.parameters()`` read the
+    given tensors, and a training-mode forward updates the live running statistics, exactly
+    as ``functional_call`` with the parameters alone does."""
+    torch.manual_seed(0)
+    m = Tied().double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    values = _new_values(m)
+    twin = copy.deepcopy(m)
+    ref = torch.func.functional_call(twin, values, (x,))
+    live_a = m.a.weight
+    with substituted_parameters([(m, values)]):
+        out = m(x)
+        assert m.a.weight is values["a.weight"] and m.b.weight is values["a.weight"]
+        assert dict(m.named_parameters())["a.weight"] is values["a.weight"]
+    assert torch.equal(out, ref)
+    assert torch.equal(m.norm.running_mean, twin.norm.running_mean)
+    assert float(m.norm.running_mean.abs().sum()) > 0  # they moved from zero
+    assert m.a.weight is live_a and m.b.weight is live_a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import re
 import sqlite3
 import struct
 import sys
@@ -43,7 +44,9 @@ class Upper(ImplicitProblem):
         return (self.lower.module(x) - y).pow(2).mean()
 
 
-def program(scheduler=None, train_iters=8, series=None, lower_config=None, **options):
+def program(
+    scheduler=None, train_iters=8, series=None, lower_config=None, upper_config=None, **options
+):
     """Lower: ridge regression; upper: its log-decay. ``series`` feeds validation values."""
     torch.manual_seed(0)
     x, y = torch.randn(8, 3), torch.randn(8, 1)
@@ -61,6 +64,7 @@ def program(scheduler=None, train_iters=8, series=None, lower_config=None, **opt
     )
     upper = Upper(
         "upper",
+        upper_config,
         module=up,
         optimizer=torch.optim.SGD(up.parameters(), lr=0.1),
         train_data_loader=Batches([(x[4:], y[4:])]),
@@ -237,6 +241,47 @@ def test_defaults_print_console_lines_without_a_bar_off_a_terminal(caplog, capsy
         EngineConfig(checkpoint_step=3)
     with pytest.raises(ValueError, match="progress must be True, False or None"):
         EngineConfig(progress=1)
+
+
+NUMBER = r"-?[0-9.]+(e[-+][0-9]+)?"
+
+
+@pytest.mark.parametrize("logger_type", ["none", "console"])
+def test_none_and_console_print_the_step_lines_on_stderr(logger_type, capsys):
+    """As in Betty, ``logger_type="none"`` prints each problem's loss lines at its
+    ``log_step`` (and records nothing else); the hypergradient line is formatted as they are,
+    ``key: value || ...`` with 6 significant digits."""
+    import ziggurat.logging._backends as backends
+
+    handlers, level = list(backends.log.handlers), backends.log.level
+    backends.log.handlers.clear()  # as in a fresh process
+    backends.log.setLevel(logging.NOTSET)
+    try:
+        engine, _, _ = program(
+            train_iters=2,
+            logger_type=logger_type,
+            progress=False,
+            lower_config=Config(type="cg", cg_iterations=2, log_step=1),
+            upper_config=Config(log_step=1),
+        )
+        engine.run()
+    finally:
+        backends.log.handlers[:] = handlers
+        backends.log.setLevel(level)
+    lines = [line.split(" [INFO] ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    expected = []
+    for step in (1, 2):
+        expected += [
+            rf"\[lower\] \[global step {step}\] loss: {NUMBER} \|\| abs_w: {NUMBER}",
+            rf"\[upper\] \[global step {step}\] loss: {NUMBER}",
+            rf"\[upper/hypergradient\] \[global step {step}\] methods: cg \|\| "
+            rf"norm: {NUMBER} \|\| hop0_iterations: 2 \|\| hop0_residual: {NUMBER}",
+        ]
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
+    norm = float(re.search(rf"norm: ({NUMBER})", lines[-1])[1])
+    assert norm == float(f"{engine.upper.last_hypergradient_norm:.6g}") and norm > 0
 
 
 def logged_program(tmp_path, logger_type, **extra):

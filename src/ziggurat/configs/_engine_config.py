@@ -27,8 +27,11 @@ class EngineConfig:
     ``plateau_metric`` is the validation-dict key fed to ``ReduceLROnPlateau`` schedulers after
     each validation (default: ``early_stopping_metric``).
     ``logger_type``: ``"console"`` (the default) prints INFO lines at each problem's
-    ``log_step`` and after each validation; ``"tensorboard"``, ``"wandb"`` and ``"mlflow"``
-    also write the scalars to that backend; ``"none"`` is silent. ``progress``: ``True`` draws a
+    ``log_step`` and after each validation; ``"none"`` (Betty's name) does the same;
+    ``"tensorboard"``, ``"wandb"`` and ``"mlflow"`` also write the scalars to that backend.
+    The lines go to the ``ziggurat`` Python logger (to stderr unless the application set up
+    logging; ``logging.getLogger("ziggurat").setLevel(logging.WARNING)`` silences them, and
+    ``Config(log_step=0)`` stops a problem's). ``progress``: ``True`` draws a
     tqdm bar (step, rate, latest losses), ``False`` does not, ``None`` (the default) draws it
     when tqdm is installed and stderr is a terminal.
     ``check_finite`` (a ziggurat option, default ``True``): every update first checks that the

@@ -18,6 +18,7 @@ from ..configs import EngineConfig
 from ..logging import MetricLogger, Progress, make_logger
 from ..problems import HypergradientRecord, Problem
 from ..systems import Group
+from ..utils import log_from_loss_dict
 from . import _checkpoint_files
 
 log = logging.getLogger("ziggurat")
@@ -59,12 +60,15 @@ class RunServices:
         """
         if self._logger is None:
             cfg = self.config
-            kind = cfg.logger_type if self.group.is_main else "none"
             config = {
                 **cfg.to_dict(),
                 "problems": {p.name: p.config.to_dict() for p in self.problems},
             }
-            self._logger = make_logger(kind, cfg.log_dir, self.run_name, config)
+            self._logger = (
+                make_logger(cfg.logger_type, cfg.log_dir, self.run_name, config)
+                if self.group.is_main
+                else MetricLogger()  # no backend, and no console handler added on this rank
+            )
             self._described = {}
             atexit.register(self.close_logger)
         return self._logger
@@ -132,7 +136,7 @@ class RunServices:
                 record.source,
                 record.step,
                 ",".join(methods),
-                values,
+                log_from_loss_dict(values),
             )
         source = f"{record.source}/hypergradient"
         self.logger().log(source, values, record.step)

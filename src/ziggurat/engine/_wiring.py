@@ -57,12 +57,16 @@ def _owner_of(name: str, engine: Any, problems: Sequence[Problem]) -> str | None
 
 def wire(problems: Mapping[str, Problem], graph: Graph) -> list[Problem]:
     """Set every problem's children, parents, paths and (cleared) readiness flags from
-    ``graph``; return the leaves, in problem order."""
+    ``graph``, through Betty's ``add_child``, ``add_parent`` and ``add_paths``; return the
+    leaves, in problem order."""
     for p in problems.values():
-        p.children = [problems[n] for n in graph.children(p.name)]
-        p.parents = [problems[n] for n in graph.uppers.get(p.name, [])]
-        p.paths = [[problems[n] for n in path] for path in graph.paths.get(p.name, [])]
-        p.ready = {c.name: False for c in p.children}
+        p.children, p.parents, p.paths, p.ready = [], [], [], {}
+    for p in problems.values():
+        for n in graph.children(p.name):
+            p.add_child(problems[n])
+        for n in graph.uppers.get(p.name, []):
+            p.add_parent(problems[n])
+        p.add_paths([[problems[n] for n in path] for path in graph.paths.get(p.name, [])])
     return [problems[n] for n in graph.leaves]
 
 

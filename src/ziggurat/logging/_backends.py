@@ -24,7 +24,8 @@ _EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 class MetricLogger:
-    """Console-only logger (``logger_type="none"`` or ``"console"``); the base of the others."""
+    """Records nothing beyond the console lines (``logger_type="none"`` or ``"console"``, and
+    every rank but rank 0); the base of the others."""
 
     def log(self, source: str, values: Mapping[str, float], step: int) -> None:
         """Record scalars of ``source`` at ``step``. Default: nothing beyond the console."""
@@ -179,10 +180,10 @@ def make_logger(
 ) -> MetricLogger:
     """The logger for ``EngineConfig.logger_type``; ``config`` is recorded where supported.
 
-    Every type but ``"none"`` shows the console lines too.
+    Every type shows the console lines (:func:`show_console`): ``"none"`` and ``"console"``
+    record nothing else, as Betty's ``"none"`` printed its lines and recorded nothing.
     """
-    if logger_type != "none":
-        show_console()
+    show_console()
     if logger_type in ("none", "console"):
         return MetricLogger()
     directory = os.path.join(log_dir, run_name)

@@ -1,6 +1,6 @@
 """Betty's public ``Problem`` API beyond the hooks and the step protocol: views of a level's
-state and options, its mode, its ``state_dict``, and the loss, gradient and optimizer-state
-helpers Betty programs call.
+state and options, its mode, its ``state_dict``, logging, and the loss, gradient and
+optimizer-state helpers Betty programs call (wiring and setters: ``_betty_graph``).
 
 Mixed into :class:`~ziggurat.problems.Problem`, whose members these read are declared in the
 class's ``TYPE_CHECKING`` block. None of them changes how a problem trains: the update still
@@ -18,15 +18,36 @@ from torch import Tensor, nn
 
 from .._types import Params
 from ..configs import Config
-from ..logging import LoggerBase
+from ..hypergradient import HopInfo
+from ..logging import LoggerBase, flatten_stats
 from . import _state
+from ._betty_graph import BettyGraph
 from ._clock import InnerLoopClock
+from ._data import Loaders
 from ._output import Metric, check_finite
 from ._precision import DTYPES, Precision
-from ._runtime import Runtime
+from ._runtime import HypergradientRecord, Runtime
+
+_DEFAULT_HOOKS = frozenset(
+    {
+        "configure_module",
+        "configure_optimizer",
+        "configure_scheduler",
+        "configure_train_data_loader",
+        "on_inner_loop_start",
+        "grad_callback",
+        "param_callback",
+        "epoch_callback",
+        "custom_optimizer_step",
+        "param_groups",
+    }
+)
+"""Hooks that ``Problem`` defines as documented no-ops and Betty's base class left undefined:
+:meth:`BettyHelpers.is_implemented` counts them only where a subclass or the instance
+defines them."""
 
 
-class BettyHelpers:
+class BettyHelpers(BettyGraph):
     """Betty's problem helpers, on ziggurat's state (mixed into ``Problem``, whose members
     they read are declared below for the type checker)."""
 
@@ -36,16 +57,22 @@ class BettyHelpers:
         _clock: InnerLoopClock
         _precision: Precision
         _training: bool
+        _loaders: Loaders
         engine: Runtime | None
         module: nn.Module
         optimizer: torch.optim.Optimizer
         scheduler: Any
-        children: list[Any]
         _last_metrics: dict[str, Metric]
+        _last_loss: Tensor | float
+        last_hop_info: list[HopInfo]
+        _hypergradient_norm: Tensor | float
 
+        @property
+        def runtime(self) -> Runtime: ...
         def named_trainable_parameters(self) -> Params: ...
         def evaluate(self, batch: Any) -> tuple[Tensor, dict[str, Metric]]: ...
         def _own_optimizer(self) -> torch.optim.Optimizer: ...
+        def _training_output(self, batch: Any, full_precision: bool) -> Any: ...
 
     @property
     def count(self) -> int:
@@ -147,6 +174,74 @@ class BettyHelpers:
     def dtype(self) -> torch.dtype:
         """The compute dtype of ``precision`` (losses are widened to fp32 all the same)."""
         return DTYPES[self._config.precision]
+
+    @property
+    def initial_dynamic_scale(self) -> float:
+        """``config.initial_dynamic_scale``: the fp16 GradScaler's starting scale."""
+        return self._config.initial_dynamic_scale
+
+    @property
+    def scale_factor(self) -> float:
+        """``config.scale_factor``: the fp16 GradScaler's growth factor."""
+        return self._config.scale_factor
+
+    @property
+    def epoch_counter(self) -> list[int]:
+        """Epochs each loader has finished (a copy; the first loader's drive
+        ``epoch_callback``)."""
+        return [loader.epoch for loader in self._loaders.loaders]
+
+    def gradient_accumulation_boundary(self) -> bool:
+        """Whether the local step just taken ends a gradient-accumulation window (an update)."""
+        return self._clock.count % self._config.gradient_accumulation == 0
+
+    def is_implemented(self, fn_name: str) -> bool:
+        """Whether the problem has a callable ``fn_name`` (another problem's name counts).
+
+        A hook that ``Problem`` defines as a documented no-op (``grad_callback``,
+        ``configure_module``, ...) counts only where it is overridden, which is where Betty's
+        base class, which left those hooks undefined, answered ``True``.
+        """
+        if fn_name in _DEFAULT_HOOKS and fn_name not in vars(self):
+            owners = [k for k in type(self).__mro__ if fn_name in vars(k)]
+            return len(owners) > 1
+        return callable(getattr(self, fn_name, None))
+
+    def training_step_exec(self, batch: Any) -> Any:
+        """``training_step(batch)``'s output as a step evaluates it: under this problem's
+        autocast, with unrolled levels' parameters in their modules (see
+        :meth:`~ziggurat.problems.Problem.evaluate`)."""
+        return self._training_output(batch, False)
+
+    def log(self, stats: dict[str, Any], global_step: int | None = None) -> None:
+        """A console line and the engine's metric record of ``stats`` (scalars, tensors or
+        lists of them) under this problem's name, at ``global_step``; at the local step when
+        ``global_step`` is ``None`` or ``config.log_local_step`` is set."""
+        local = global_step is None or self._config.log_local_step
+        step = self._clock.count if local else global_step
+        assert step is not None
+        self.runtime.log_metrics(self._name, flatten_stats(stats), step)
+
+    def _log_step(self) -> int:
+        return self._clock.count if self._config.log_local_step else self._clock.global_step
+
+    def _log_due(self) -> bool:
+        every = self._config.log_step
+        return every > 0 and self._clock.count % every == 0
+
+    def _maybe_log(self) -> None:
+        if self._log_due():  # tensors until here: reading them is the step's one host sync
+            self.log({"loss": self._last_loss, **self._last_metrics}, self._clock.global_step)
+
+    def _log_hypergradient(self) -> None:
+        record = HypergradientRecord(
+            self._name,
+            self._log_step(),
+            self._log_due(),
+            self._hypergradient_norm,
+            self.last_hop_info,
+        )
+        self.runtime.log_hypergradient(record)
 
     @property
     def logger(self) -> LoggerBase:

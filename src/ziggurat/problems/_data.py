@@ -127,6 +127,10 @@ class Loaders:
     def __getitem__(self, index: int) -> CyclingLoader:
         return self.loaders[index]
 
+    def replace(self, index: int, loader: Iterable[Any]) -> None:
+        """Read loader ``index`` from ``loader`` from now on, from its first batch."""
+        self.loaders[index] = CyclingLoader(loader, self.owner)
+
     def next(self) -> tuple[Any, bool]:
         """The next batch (a tuple with several loaders), and whether the first loader began
         a new epoch to serve it."""

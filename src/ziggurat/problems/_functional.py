@@ -6,14 +6,15 @@ substituted in place for the call (``_reparametrize``: the slots ``torch.func.fu
 writes, found once per module), so ``self.module(x)`` and ``self.upper(x)`` inside
 ``training_step`` both see the substituted tensors, and buffers are copies, so the live modules
 are left exactly as they were; problems that hold their parameters as a dict
-(``IterativeProblem``) have that dict swapped for the call, and FSDP2-sharded modules (whose
+(``IterativeProblem``) have that dict swapped for the call (``Problem.evaluate`` then puts it in
+the module's slots, :func:`module_substitutions`), and FSDP2-sharded modules (whose
 pre-forward hook would re-install the live parameters over substituted ones) have their
 parameter values overwritten for the call and restored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -36,6 +37,19 @@ class Substitutable(Protocol):
     def swap_params(self, new: Params) -> Params: ...
 
     def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor: ...
+
+
+class Unrolling(Protocol):
+    """A level that may keep its parameters outside its module (an unrolled level)."""
+
+    def module_substitution(self) -> tuple[nn.Module, Params] | None: ...
+
+
+def module_substitutions(levels: Iterable[Unrolling]) -> list[tuple[nn.Module, Params]]:
+    """What to put in modules' parameter slots while a loss is evaluated: each unrolled
+    level's module with its current iterate, so that ``self.module(x)`` reads that iterate."""
+    found = (level.module_substitution() for level in levels)
+    return [pair for pair in found if pair is not None]
 
 
 @contextmanager

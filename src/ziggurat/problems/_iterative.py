@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import _tree
 from .._types import Params
@@ -32,8 +32,13 @@ class IterativeProblem(Problem):
     from the module (detached), so ``on_inner_loop_start`` may reset or copy module weights;
     assigning ``self.params`` inside that hook instead (e.g. to the meta-parameters of a
     MAML outer level) keeps them differentiable with respect to what they were built from.
-    The module's own parameters are kept equal to ``self.params`` (detached) after every
-    step, for evaluation. ``Config.type`` is not used: hops through this level follow its
+    While any level's loss is evaluated (this level's steps, the replay of checkpointed
+    segments, hypergradient evaluations, the upper levels' steps), ``self.params`` sit in the
+    module's parameter slots (:meth:`Problem.evaluate`), so ``self.module(x)``,
+    ``self.module.<name>``, ``self.module.parameters()``, ``self.parameters()`` and
+    ``self(x)`` all read them. Between evaluations the module's own parameters are kept
+    equal to ``self.params`` (detached), for validation and checkpoints. ``Config.type`` is
+    not used: hops through this level follow its
     recorded trajectory (:class:`~ziggurat.hypergradient.Trajectory`). Only ``torch.optim``
     SGD, Adam and AdamW are supported.
 
@@ -84,11 +89,7 @@ class IterativeProblem(Problem):
             )
         super().initialize(engine)
         if self.scheduler is not None:
-            raise ValueError(
-                f"problem {self.name!r}: IterativeProblem does not take a scheduler (its "
-                "differentiable optimizer copies the torch optimizer's settings once); use an "
-                "ImplicitProblem, or change the learning rate between runs"
-            )
+            self._refuse_scheduler()
         segments = self.config.checkpoint_segments
         if segments is not None and engine.roll_back:
             raise ValueError(
@@ -103,6 +104,19 @@ class IterativeProblem(Problem):
         self._params = _tree.leaves(super().named_trainable_parameters())
         self._opt_state = self._fopt.init(_tree.detach(self._params))
 
+    def _refuse_scheduler(self) -> None:
+        raise ValueError(
+            f"problem {self.name!r}: IterativeProblem does not take a scheduler (its "
+            "differentiable optimizer copies the torch optimizer's settings once); use an "
+            "ImplicitProblem, or change the learning rate between runs"
+        )
+
+    def set_scheduler(self, scheduler: Any) -> None:
+        """Refused once the engine is built (see :meth:`initialize`)."""
+        if self.engine is not None and scheduler is not None:
+            self._refuse_scheduler()
+        super().set_scheduler(scheduler)
+
     def named_trainable_parameters(self) -> Params:
         return self._params
 
@@ -110,7 +124,11 @@ class IterativeProblem(Problem):
         old, self._params = self._params, dict(new)
         return old
 
+    def module_substitution(self) -> tuple[nn.Module, Params]:
+        return self.module, self._params
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # also outside evaluations (e.g. validation): the iterate, not the module's copy
         return torch.func.functional_call(self.module, self._params, args, kwargs)
 
     def hop_method(self) -> Method:
@@ -150,14 +168,18 @@ class IterativeProblem(Problem):
                 f"problem {self.name!r}: an IterativeProblem cannot receive hypergradients from "
                 "lower levels; make it an ImplicitProblem"
             )
-        grads = torch.autograd.grad(
-            loss, list(self._params.values()), create_graph=not self.checkpointed, allow_unused=True
+        params = list(self._params.values())
+        grads = (
+            torch.autograd.grad(loss, params, create_graph=not self.checkpointed, allow_unused=True)
+            if loss.requires_grad
+            else (None,) * len(params)
         )
         if all(g is None for g in grads):
             raise ValueError(
-                f"problem {self.name!r}: its loss does not depend on self.params, so the "
-                "unrolled steps would not move; in an IterativeProblem evaluate the model as "
-                "self(x) (or self.forward(x)), not self.module(x), whose parameters are detached"
+                f"problem {self.name!r}: its loss does not depend on self.params (read by "
+                "self(x), self.module(x), self.module.<name> and self.parameters() while the "
+                "loss is evaluated), so the unrolled steps would not move; compute the loss "
+                "from the model, not from tensors detached from it"
             )
         # data parallel: the step uses the global batch's gradient, and the upper level's
         # backward pass through it all-reduces its cotangents (exact, see systems._group)

@@ -25,14 +25,17 @@ from .._values import as_float
 from ..configs import Config
 from ..hypergradient import HopContext, HopInfo, Method
 from . import _components, _output, _state
+from ._betty_graph import not_provided
 from ._betty_helpers import BettyHelpers
 from ._clock import InnerLoopClock
 from ._data import Loaders, to_device
+from ._functional import module_substitutions
 from ._hops import HopKey, HopMemory
 from ._output import Metric, check_finite_gradients
 from ._params import ModuleParameters
 from ._precision import Precision, widen
-from ._runtime import HypergradientRecord, Runtime, resolve
+from ._reparametrize import substituted_parameters
+from ._runtime import Runtime, resolve
 from ._total_gradient import total_gradient
 
 
@@ -171,7 +174,11 @@ class Problem(BettyHelpers):
         if item == "env":
             raise AttributeError(item)
         owner = f"problem {self.__dict__.get('_name')!r}"
-        return resolve(self.__dict__.get("engine"), item, owner)
+        engine = self.__dict__.get("engine")
+        missing = not_provided(owner, item)
+        if missing is not None and (engine is None or engine.problem_by_name(item) is None):
+            raise missing
+        return resolve(engine, item, owner)
 
     @property
     def name(self) -> str:
@@ -274,14 +281,24 @@ class Problem(BettyHelpers):
         self, batch: Any, full_precision: bool = False
     ) -> tuple[Tensor, dict[str, Metric]]:
         """``training_step(batch)``'s scalar loss (widened to fp32) and metrics, under this
-        problem's autocast unless ``full_precision``; changes no state of the problem."""
-        if full_precision:
-            out = self.training_step(batch)
-        else:
-            with self._precision.autocast():
-                out = self.training_step(batch)
+        problem's autocast unless ``full_precision``; changes no state of the problem. While it
+        runs, each level's :meth:`module_substitution` is in its module's parameter slots."""
+        out = self._training_output(batch, full_precision)
         loss, metrics = _output.split_output(out, self._name)
         return widen(loss), metrics
+
+    def _training_output(self, batch: Any, full_precision: bool) -> Any:
+        levels = [self] if self.engine is None else self.engine.problems
+        with substituted_parameters(module_substitutions(levels)):
+            if full_precision:
+                return self.training_step(batch)
+            with self._precision.autocast():
+                return self.training_step(batch)
+
+    def module_substitution(self) -> tuple[nn.Module, Params] | None:
+        """``(module, tensors)`` to put in the module's parameter slots while any level's loss
+        is evaluated, or ``None`` (here) when the module holds the level's parameters itself."""
+        return None
 
     def loss_of(self, batch: Any, full_precision: bool = False) -> Tensor:
         """:meth:`evaluate`'s loss alone: what pure losses and replays evaluate."""
@@ -472,24 +489,6 @@ class Problem(BettyHelpers):
     def written_gradients(self) -> Params:
         """Copies of the gradients written since the last update (an open window's)."""
         return _state.grads_of(self.named_trainable_parameters())
-
-    def _log_step(self) -> int:
-        return self._clock.count if self._config.log_local_step else self._clock.global_step
-
-    def _maybe_log(self) -> None:
-        every = self._config.log_step
-        if every <= 0 or self._clock.count % every != 0:
-            return
-        stats = {"loss": self._last_loss, **self._last_metrics}
-        self.runtime.log_metrics(self._name, stats, self._log_step())
-
-    def _log_hypergradient(self) -> None:
-        every = self._config.log_step
-        console = every > 0 and self._clock.count % every == 0
-        record = HypergradientRecord(
-            self._name, self._log_step(), console, self._hypergradient_norm, self.last_hop_info
-        )
-        self.runtime.log_hypergradient(record)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """This level's entry in an engine checkpoint (tensors and plain containers); a

@@ -106,6 +106,46 @@ def _check_names(root: nn.Module, table: _Table, values: Params) -> None:
 
 
 @contextmanager
+def _restored() -> Iterator[list[tuple[dict[str, Any], str, Any]]]:
+    """A list of ``(owning dict, attribute, old value)`` put back on exit, last first."""
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        yield saved
+    finally:
+        for owner, attr, old in reversed(saved):
+            owner[attr] = old
+
+
+def _put_parameters(
+    saved: list[tuple[dict[str, Any], str, Any]], root: nn.Module, values: Params
+) -> _Table:
+    table = _table(root)
+    _check_names(root, table, values)
+    for owner, attr, name in table.params:
+        if name in values:
+            saved.append((owner, attr, owner[attr]))
+            owner[attr] = values[name]
+    return table
+
+
+@contextmanager
+def substituted_parameters(pairs: list[tuple[nn.Module, Params]]) -> Iterator[None]:
+    """Within the block, each module's parameters are the given tensors, by name; its buffers
+    are the live ones.
+
+    What ``torch.func.functional_call(module, values, ...)`` does for every call inside the
+    block: ``module(x)``, ``module.w``, ``module.parameters()`` and ``module.state_dict()``
+    all read the given tensors, and a forward pass in training mode updates the live buffers
+    (batch-norm running statistics) as an ordinary call would. Parameters not named keep their
+    live values. Everything is restored on exit, also on an exception.
+    """
+    with _restored() as saved:
+        for root, values in pairs:
+            _put_parameters(saved, root, values)
+        yield
+
+
+@contextmanager
 def substituted(pairs: list[tuple[nn.Module, Params]]) -> Iterator[None]:
     """Within the block, each module's parameters are the given tensors, by name.
 
@@ -113,15 +153,9 @@ def substituted(pairs: list[tuple[nn.Module, Params]]) -> Iterator[None]:
     so that the block (e.g. a batch-norm forward in training mode) leaves the live modules
     exactly as they were. Everything is restored on exit, also on an exception.
     """
-    saved: list[tuple[dict[str, Any], str, Any]] = []
-    try:
+    with _restored() as saved:
         for root, values in pairs:
-            table = _table(root)
-            _check_names(root, table, values)
-            for owner, attr, name in table.params:
-                if name in values:
-                    saved.append((owner, attr, owner[attr]))
-                    owner[attr] = values[name]
+            table = _put_parameters(saved, root, values)
             copies: dict[int, Tensor] = {}  # tied buffers share one copy
             for owner, attr in table.buffers:
                 live = owner[attr]
@@ -129,9 +163,6 @@ def substituted(pairs: list[tuple[nn.Module, Params]]) -> Iterator[None]:
                 if live is not None:
                     owner[attr] = copies.setdefault(id(live), live.clone())
         yield
-    finally:
-        for owner, attr, old in reversed(saved):
-            owner[attr] = old
 
 
 def call_substituted(fn: Callable[[], Tensor], pairs: list[tuple[nn.Module, Params]]) -> Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._types import Params
 from ..hypergradient import HopInfo
@@ -23,7 +23,8 @@ from ..systems import Group
 
 
 class Level(Protocol):
-    """A level as others see it: its name and its trainable tensors."""
+    """A level as others see it: its name, its trainable tensors and what stands in for its
+    module's parameters while a loss is evaluated."""
 
     @property
     def name(self) -> str: ...
@@ -31,6 +32,8 @@ class Level(Protocol):
     def named_trainable_parameters(self) -> Params: ...
 
     def trainable_parameters(self) -> list[Tensor]: ...
+
+    def module_substitution(self) -> tuple[nn.Module, Params] | None: ...
 
 
 @dataclass(frozen=True)
