@@ -62,7 +62,7 @@ def snapshot(engine: Engine) -> dict[str, object]:
 
 
 def assert_untouched(engine: Engine, before: dict[str, object], name: str) -> None:
-    state, count = before[name]
+    state, _count = before[name]
     p = engine.problem_by_name(name)
     for k, t in state["module"].items():
         assert torch.equal(p.module.state_dict()[k], t), k
