@@ -203,8 +203,23 @@ def perturbation_length(w: Params, radius: float | None, order: int = 2) -> floa
     return radius
 
 
+def _plain(tensors: list[Tensor], dtype_of: list[Tensor]) -> bool:
+    """Whether the fused ``torch._foreach_*`` kernels apply: plain tensors (not a subclass
+    such as a DTensor) whose dtypes need no widening and match ``dtype_of``'s."""
+    return all(
+        type(t) in _PLAIN and t.dtype == d.dtype and accumulation_dtype(t.dtype) == t.dtype
+        for t, d in zip(tensors, dtype_of, strict=True)
+    )
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def shifted(w: Params, u: Params, h: float | Tensor) -> Params:
     """``w + h u``, formed in at least float32 and rounded once to each leaf's dtype."""
+    ws, us = list(w.values()), [u[k] for k in w]
+    if _plain(ws, ws) and _plain(us, ws):  # one fused kernel per operation, not per tensor
+        return dict(zip(w, torch._foreach_add(ws, torch._foreach_mul(us, h)), strict=True))
     out: Params = {}
     for k, t in w.items():
         acc = accumulation_dtype(t.dtype)
@@ -225,6 +240,11 @@ def central_difference(
     wd, ud = _tree.detach(w), _tree.detach(u)
     plus = grad(shifted(wd, ud, h))
     minus = grad(shifted(wd, ud, -h))
+    ps, ms = list(plus.values()), [minus[k] for k in plus]
+    if _plain(ps, ps) and _plain(ms, ps):
+        diff = torch._foreach_sub(ps, ms)
+        torch._foreach_div_(diff, 2 * h)
+        return dict(zip(plus, diff, strict=True))
     out: Params = {}
     for k, p in plus.items():
         acc = accumulation_dtype(p.dtype)

@@ -211,5 +211,5 @@ def finite_rhs_norm(b: Params, solver: str) -> Tensor:
             "gradient for NaN or inf (e.g. a diverged lower problem or a log of 0)"
         )
 
-    _health.check(_health.not_finite(b_norm), message, ValueError)
+    _health.check(b_norm, message, error=ValueError)
     return b_norm

@@ -106,6 +106,12 @@ class Method(abc.ABC):
         return True
 
     @property
+    def identically_zero(self) -> bool:
+        """Whether the answer is zero for every input (first-order): a path through such a
+        hop brings nothing, so callers need not take the hop at all."""
+        return False
+
+    @property
     def warm_starts(self) -> bool:
         """Whether the method starts from ``context.warm_start``; callers then keep the
         solution of the last call (``HopInfo.solution``) and pass it back."""

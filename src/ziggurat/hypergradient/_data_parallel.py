@@ -76,6 +76,10 @@ class DataParallel(Method):
         return self.method.warm_starts
 
     @property
+    def identically_zero(self) -> bool:
+        return self.method.identically_zero
+
+    @property
     def finite_differences(self) -> bool:
         return self.method.finite_differences
 

@@ -31,6 +31,12 @@ class FirstOrder(Method):
     def first_order_only(self) -> bool:
         return True
 
+    @property
+    def identically_zero(self) -> bool:
+        """``True``: the engine takes no hop through it, and a level whose loss does not read
+        its own parameters and gets nothing else takes no optimizer step."""
+        return True
+
     def __call__(
         self,
         inner: InnerLoss,

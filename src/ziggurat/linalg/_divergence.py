@@ -49,7 +49,6 @@ def check_residual(
     """Fail when ``residual`` is not finite or above ``bound``; the message gives the residual
     and ``advice()``. Iterations whose residual can legitimately exceed that of ``x = 0`` on a
     non-convex loss (conjugate gradient's is not monotone) pass ``bound=inf``."""
-    bad = _health.not_finite(residual) | (residual > bound)
 
     def message() -> str:
         return (
@@ -57,7 +56,7 @@ def check_residual(
             f"{bound:g} or not finite), so its answer is meaningless; {advice()}"
         )
 
-    _health.check(bad, message)
+    _health.check(residual, message, bound=bound)
 
 
 def relative(norm: Tensor, b_norm: Tensor) -> Tensor:

@@ -259,7 +259,7 @@ class BettyHelpers(BettyGraph):
         loss is raised before the level's next update (:mod:`ziggurat._health`).
         """
         loss, metrics = self.evaluate(batch)
-        check_finite(loss, self._name, self._global_step, self.count)  # read before the update
+        check_finite(loss.detach(), self._name, self._global_step, self.count)  # read at update
         self._last_metrics = metrics  # the training step's own, never a hop's perturbed ones
         stats = {"loss": loss.detach(), **metrics}
         k = self._config.gradient_accumulation

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import _health
-from ..systems.fsdp import full
+from ..systems.fsdp import full, is_sharded
 
 Metric = float | Tensor
 """A logged value: a number, or a tensor kept on its device until a logger reads it."""
@@ -60,12 +60,12 @@ def check_finite(loss: Tensor, owner: str, global_step: int, count: int) -> None
 
     def message() -> str:
         return (
-            f"problem {owner!r}: loss is {float(loss.detach())} at global step {global_step}, "
+            f"problem {owner!r}: loss is {float(loss)} at global step {global_step}, "
             f"local step {count}; lower the learning rate, clip gradients "
             "(Config(gradient_clipping=...)) or check the data"
         )
 
-    _health.check(_health.not_finite(loss), message)
+    _health.check(loss, message)
 
 
 def check_finite_gradients(
@@ -75,7 +75,11 @@ def check_finite_gradients(
     a square root or logarithm at 0, a division by zero, an overflow)."""
     if not grads:
         return
-    norms = torch.stack([full(torch.linalg.vector_norm(g.detach())) for g in grads.values()])
+    tensors = [g.detach() for g in grads.values()]
+    if any(is_sharded(g) for g in tensors):  # a DTensor's norm is the whole tensor's
+        norms = [full(torch.linalg.vector_norm(g)) for g in tensors]
+    else:
+        norms = list(torch._foreach_norm(tensors))
 
     def message() -> str:
         bad = [k for k, g in grads.items() if not bool(torch.isfinite(g).all())]
@@ -86,4 +90,4 @@ def check_finite_gradients(
             "training_step, or clip gradients (Config(gradient_clipping=...))"
         )
 
-    _health.check(_health.not_finite(norms), message)
+    _health.check(norms, message)

@@ -18,11 +18,20 @@ class ModuleParameters:
 
     def __init__(self) -> None:
         self.shards: Params | None = None
+        self._fixed: tuple[nn.Module, Params] | None = None
 
     def named(self, module: nn.Module) -> Params:
         if self.shards is not None:
             return dict(self.shards)
+        if self._fixed is not None and self._fixed[0] is module:
+            return self._fixed[1]  # shared: callers read it, never change it
         return {k: p for k, p in module.named_parameters() if p.requires_grad}
+
+    def fix(self, module: nn.Module) -> None:
+        """From now on, ``module``'s trainable parameters are those it has now: walking the
+        module tree on every read cost more than a small model's training step (the engine
+        fixes them once it has checked them against the optimizer)."""
+        self._fixed = (module, {k: p for k, p in module.named_parameters() if p.requires_grad})
 
     def use_shards(self, shards: Params) -> None:
         self.shards = {k: p for k, p in shards.items() if p.requires_grad}

@@ -263,6 +263,7 @@ class Problem(BettyHelpers):
         overrides = type(self).custom_optimizer_step is not Problem.custom_optimizer_step
         _components.resolve(self, overrides_step=overrides)
         self._loaders = Loaders(self.train_data_loader, self._name)
+        self._parameters.fix(self.module)
         self._precision.place(self.device)
         self._method = self._config.method()
 
@@ -288,8 +289,12 @@ class Problem(BettyHelpers):
         return widen(loss), metrics
 
     def _training_output(self, batch: Any, full_precision: bool) -> Any:
-        levels = [self] if self.engine is None else self.engine.problems
-        with substituted_parameters(module_substitutions(levels)):
+        engine = self.engine
+        if engine is None:
+            pairs = module_substitutions([self])
+        else:  # only unrolled levels have iterates to put into their modules
+            pairs = module_substitutions(engine.problems) if engine.has_unrolled else []
+        with substituted_parameters(pairs) if pairs else contextlib.nullcontext():
             if full_precision:
                 return self.training_step(batch)
             with self._precision.autocast():
@@ -448,17 +453,21 @@ class Problem(BettyHelpers):
     def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:
         """The one place that writes ``.grad`` and steps the optimizer."""
         params = self.named_trainable_parameters()
-        for k, p in params.items():
-            g = grads[k].to(p.dtype)
+        for k, g in grads.items():  # entries nothing reached are absent: .grad stays None
+            p = params[k]
+            g = g if g.dtype == p.dtype else g.to(p.dtype)
             p.grad = g if p.grad is None else p.grad + g
         self.grad_callback()
         if not boundary:
             return
+        if not any(p.grad is not None for p in params.values()):
+            self.check_health()  # no gradient at all: no optimizer or scheduler step
+            return
         precision, group = self._precision, self.runtime.distributed
         group.average_grads(params.values())  # one average over data-parallel ranks per update
         if not precision.owns_step():  # fp16's GradScaler skips overflowed steps itself
-            grads = {k: p.grad for k, p in params.items() if p.grad is not None}
-            check_finite_gradients(grads, self._name, self._clock.global_step, self.count)
+            written = {k: p.grad for k, p in params.items() if p.grad is not None}
+            check_finite_gradients(written, self._name, self._clock.global_step, self.count)
         self.check_health()
         precision.unscale_(self.optimizer)
         if self._config.gradient_clipping > 0:

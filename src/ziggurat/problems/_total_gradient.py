@@ -29,36 +29,50 @@ if TYPE_CHECKING:
 
 def _first_lowers(problem: Problem) -> list[Problem]:
     """The first lower level of every path whose first hop is taken separately (not one whose
-    method follows the recorded trajectory through the direct backward pass)."""
+    method follows the recorded trajectory through the direct backward pass) and reads its
+    cotangent."""
     seen: dict[str, Problem] = {}
-    for path in problem.paths:
-        if not path[1].hop_method().follows_trajectory:
+    for path in _taken(problem):
+        method = path[1].hop_method()
+        if not method.follows_trajectory and method.reads_cotangent:
             seen.setdefault(path[1].name, path[1])
     return list(seen.values())
 
 
+def _taken(problem: Problem) -> list[list[Problem]]:
+    """The paths that bring something: not those with a hop whose method is identically zero
+    (``first_order``)."""
+    return [
+        path
+        for path in problem.paths
+        if not any(p.hop_method().identically_zero for p in path[1:-1])
+    ]
+
+
 def _direct(
     problem: Problem, loss: Tensor, firsts: list[Problem]
-) -> tuple[Params, dict[str, Params], bool]:
-    """One backward pass: gradients on the problem's own parameters and on each first lower's,
-    and whether the loss reached any of the problem's own parameters."""
-    groups = [problem.named_trainable_parameters()] + [
-        p.named_trainable_parameters() for p in firsts
-    ]
-    inputs = [t for g in groups for t in g.values()]
-    if any(p.sharded for p in (problem, *firsts)):
+) -> tuple[Params, dict[str, Params]]:
+    """One backward pass: the gradients that reach the problem's own parameters (absent
+    entries did not), and the cotangents on each first lower's (zeros where unreached)."""
+    own = problem.named_trainable_parameters()
+    groups = [p.named_trainable_parameters() for p in firsts]
+    inputs = [*own.values(), *(t for g in groups for t in g.values())]
+    if not inputs:
+        return {}, {}
+    if problem.sharded or any(p.sharded for p in firsts):
         raw: tuple[Tensor | None, ...] = _backward(problem, loss, inputs)
     else:
         retain = problem.runtime.has_unrolled
-        raw = (
-            torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
-            if inputs
-            else ()
-        )
-    reached = any(g is not None for g in raw[: len(groups[0])])
-    filled = iter(torch.zeros_like(t) if g is None else g for g, t in zip(raw, inputs, strict=True))
-    trees = [{k: next(filled) for k in g} for g in groups]
-    return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}, reached
+        raw = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
+    n = len(own)
+    direct = {k: g for k, g in zip(own, raw[:n], strict=True) if g is not None}
+    cotangents: dict[str, Params] = {}
+    rest = iter(zip(raw[n:], inputs[n:], strict=True))
+    for p, g in zip(firsts, groups, strict=True):
+        cotangents[p.name] = {
+            k: torch.zeros_like(t) if d is None else d for k, (d, t) in zip(g, rest, strict=False)
+        }
+    return direct, cotangents
 
 
 def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
@@ -118,27 +132,29 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
 
 
 def total_gradient(problem: Problem, loss: Tensor) -> Params:
-    """``dL/dtheta`` for ``problem``: direct term plus every path's folded hypergradient."""
-    firsts = _first_lowers(problem)
-    # no backward pass into a lower level whose hop ignores it; its hop gets zeros
-    direct, cotangents, reached = _direct(
-        problem, loss, [p for p in firsts if p.hop_method().reads_cotangent]
-    )
+    """``dL/dtheta`` for ``problem``: the direct term plus every path's folded hypergradient.
+
+    Entries that nothing reaches are absent (an empty dict: no gradient at all), so the update
+    leaves those parameters alone, as ``torch.optim`` does a parameter whose ``.grad`` is
+    ``None``; zeros would still move them (momentum, weight decay).
+    """
+    direct, cotangents = _direct(problem, loss, _first_lowers(problem))
     if "own" not in problem._hops.verified:
-        _connection.check_own(problem, reached)
+        _connection.check_own(problem, bool(direct))
         problem._hops.verified.add("own")
-    for p in firsts:
-        if p.name not in cotangents:
-            cotangents[p.name] = _tree.zeros_like(_tree.detach(p.named_trainable_parameters()))
-    total = _tree.detach(direct)
+    total = direct  # taken without create_graph: no graph to cut
     problem.last_hop_info = []
     hyper: Params | None = None
+    taken = _taken(problem)
     for index, path in enumerate(problem.paths):
-        if path[1].name not in cotangents:
-            continue  # the direct gradient went through the first lower's trajectory
+        if path[1].hop_method().follows_trajectory or path not in taken:
+            continue  # through the direct gradient (a trajectory), or zero by construction
+        v = cotangents.get(path[1].name)
+        if v is None:  # the hop ignores it: zeros, with no backward pass into the lower level
+            v = _tree.zeros_like(_tree.detach(path[1].named_trainable_parameters()))
         hops, keys = _hops(problem, index, path)
-        contribution, infos = fold(hops, cotangents[path[1].name])
-        total = _tree.add(total, contribution)
+        contribution, infos = fold(hops, v)
+        total = _accumulate(total, contribution)
         hyper = contribution if hyper is None else _tree.add(hyper, contribution)
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
             lower.remember_hop(key, hop.method, info)
@@ -148,8 +164,16 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         return total
     norm = _tree.norm(hyper)
     problem.set_hypergradient_norm(norm)
-    _health.check(_health.not_finite(norm), lambda: _not_finite(problem, infos_of(problem)))
+    _health.check(norm, lambda: _not_finite(problem, infos_of(problem)))
     return total
+
+
+def _accumulate(total: Params, contribution: Params) -> Params:
+    """``total + contribution``, where ``total`` may lack entries (they count as zero)."""
+    out = dict(total)
+    for k, c in contribution.items():
+        out[k] = out[k] + c if k in out else c
+    return out
 
 
 def infos_of(problem: Problem) -> list[str]:
