@@ -17,8 +17,9 @@ Workloads:
   5M parameters (``--size``), batches of 128.
 
 Each iteration is one lower step and one upper step (``unroll_steps=1``). The time of a lower
-step runs from the upper's ``param_callback`` to the lower's, the time of an upper step from
-the lower's ``param_callback`` to the upper's (batch fetch, hypergradient, optimizer step).
+step runs from the end of the upper's step to the lower's ``param_callback``, the time of an
+upper step from the lower's ``param_callback`` to the return of the upper's ``step`` (batch
+fetch, hypergradient, optimizer step).
 Medians over the timed iterations after ``warmup``. With ``--root ziggurat`` the process then
 also times, with plain ``torch.autograd`` and no library code, one plain training step of the
 lower model and the primitives of the cost floor (``floors.py``), after reading its peak RSS.
