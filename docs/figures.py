@@ -4,9 +4,9 @@
     python -m docs.figures --fast     # a few steps each: checks that every figure is drawn
 
 Each figure is ``ziggurat demo NAME --plot docs/figures/NAME.png`` at seed 0: the example's
-own ``run`` and :func:`ziggurat.examples.plots.draw`, never drawn by hand. The pages under
-``docs/tutorials/`` show these files; ``tests/test_docs.py`` checks that every figure a page
-shows is one this script writes.
+own ``run`` and :func:`ziggurat.examples.plots.draw`, never drawn by hand; ``NAME.txt`` beside it
+is the table that run printed. The pages under ``docs/tutorials/`` show these files;
+``tests/test_plots.py`` checks that every figure a page shows is one this script writes.
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ def figure_path(name: str, out: Path = OUT) -> Path:
     return out / f"{name}.png"
 
 
+def table_path(name: str, out: Path = OUT) -> Path:
+    """Where the table printed by the run behind the figure of ``name`` is written."""
+    return out / f"{name}.txt"
+
+
 def generate(
     names: tuple[str, ...] = EXAMPLES, *, out: Path = OUT, fast: bool = False
 ) -> list[Path]:
-    """Run each example (seed 0, no progress bar) and draw its figure under ``out``."""
+    """Run each example (seed 0, no progress bar), draw its figure under ``out`` and write the
+    table it printed beside it; the figures' paths."""
     torch.set_num_threads(1)  # as ``ziggurat demo`` runs them
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -41,6 +47,9 @@ def generate(
         steps = FAST_STEPS[name] if fast else module.DEFAULT_STEPS
         result = module.run(steps=steps, seed=0, progress=False)
         written.append(draw(name, result, figure_path(name, out)))
+        # the time depends on the machine: left out, so that a rerun changes only what changed
+        table = str(result).split("\n", 1)[1]
+        table_path(name, out).write_text(f"{result.name}\n{table}\n")
         print(f"{written[-1]}: {result.seconds:.1f} s")
     return written
 

@@ -52,12 +52,14 @@ def test_every_example_has_a_figure() -> None:
 
 def test_the_figures_script_draws_every_example(tmp_path: Path) -> None:
     """``python -m docs.figures --fast``: every example runs and its figure is drawn."""
-    from docs.figures import generate
+    from docs.figures import generate, table_path
 
     written = generate(out=tmp_path, fast=True)
     assert [p.name for p in written] == [f"{name}.png" for name in EXAMPLES]
-    for path in written:
+    for name, path in zip(EXAMPLES, written, strict=True):
         _check_figure(path, tuple(int(v) for v in image.imread(path).shape[1::-1]))
+        table = table_path(name, tmp_path).read_text().splitlines()
+        assert table[0].startswith(f"{name}: ") and table[1].startswith("metric")
 
 
 def test_docs_show_only_figures_the_script_writes() -> None:
@@ -73,8 +75,10 @@ def test_docs_show_only_figures_the_script_writes() -> None:
     assert shown, "no page shows a figure"
     assert shown <= written, sorted(str(p) for p in shown - written)
     for name in EXAMPLES:
-        page = DOCS / "tutorials" / f"{name}.md"
-        assert f"../figures/{name}.png" in page.read_text(), f"{page} does not show its figure"
+        page = (DOCS / "tutorials" / f"{name}.md").read_text()
+        assert f"../figures/{name}.png" in page, f"{name}.md does not show its figure"
+        assert f'--8<-- "docs/figures/{name}.txt"' in page, f"{name}.md does not show its table"
+        assert (DOCS / "figures" / f"{name}.txt").is_file(), name
     for path in written:
         assert path.is_file() and path.parent == OUT.resolve(), path
         assert path.stat().st_size < 150_000, f"{path.name} is {path.stat().st_size} bytes"
