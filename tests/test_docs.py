@@ -85,3 +85,16 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = readme.index("# 1. set up and run the main job")
     assert commands < first_section
     assert readme.index("# 2. set up and run the tests") < first_section
+
+
+def test_the_hypermodel_snippet_prints_what_it_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """The tutorial's HyperModel program runs, and prints the validation loss its comment
+    quotes."""
+    import runpy
+
+    snippet = DOCS / "snippets" / "hypermodel.py"
+    quoted = re.search(r"# (\d\.\d+), against", snippet.read_text())
+    assert quoted, "the snippet quotes no result"
+    runpy.run_path(str(snippet), run_name="__main__")
+    printed = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert round(printed, 3) == float(quoted.group(1))
