@@ -139,15 +139,8 @@ def lower_loss(workload: str, out: Tensor, y: Tensor, lam_out: Tensor, w: Tensor
     return (lam_out * losses).sum() / lam_out.sum()
 
 
-def build(root: str, workload: str, method: str, size: str, stamps: dict[str, list[float]]) -> Any:
-    problems = importlib.import_module(f"{root}.problems")
-    configs = importlib.import_module(f"{root}.configs")
-    engine_mod = importlib.import_module(f"{root}.engine")
-    torch.manual_seed(0)
-    xtr, ytr, xm, ym, batch = data(workload, size)
-    model = lower_model(workload, size)
-    upper_module: nn.Module = FeatureDecay(30) if workload == "a" else WeightNet()
-    lr = 0.5 if workload == "a" else 0.1
+def _upper_class(problems: Any, root: str, method: str, stamps: dict[str, list[float]]) -> Any:
+    """The upper level of workloads a/b/d in ``root``'s classes, stamping each step's end."""
 
     class Upper(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
         def training_step(self, batch: Any) -> Tensor:
@@ -175,6 +168,21 @@ def build(root: str, workload: str, method: str, size: str, stamps: dict[str, li
 
             def step(self, *args: Any, **kwargs: Any) -> Any:
                 return self._stamped(super().step, *args, **kwargs)
+
+    return Upper
+
+
+def build(root: str, workload: str, method: str, size: str, stamps: dict[str, list[float]]) -> Any:
+    problems = importlib.import_module(f"{root}.problems")
+    configs = importlib.import_module(f"{root}.configs")
+    engine_mod = importlib.import_module(f"{root}.engine")
+    torch.manual_seed(0)
+    xtr, ytr, xm, ym, batch = data(workload, size)
+    model = lower_model(workload, size)
+    upper_module: nn.Module = FeatureDecay(30) if workload == "a" else WeightNet()
+    lr = 0.5 if workload == "a" else 0.1
+
+    Upper = _upper_class(problems, root, method, stamps)
 
     class Lower(problems.ImplicitProblem):  # type: ignore[misc,name-defined]
         def training_step(self, batch: Any) -> Tensor:

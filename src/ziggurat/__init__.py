@@ -4,6 +4,8 @@ from . import hpo as hpo
 from . import hypergradient as hypergradient
 from . import linalg as linalg
 from . import optim as optim
+from ._extras import MissingExtraError as MissingExtraError
+from ._extras import require_extra as require_extra
 from ._products import hvp as hvp
 from ._products import hvp_fd as hvp_fd
 from ._products import hvp_forward as hvp_forward

@@ -104,7 +104,20 @@ class Linearization:
 
 
 def hvp(inner: InnerLoss, w: Params, lam: Params, u: Params) -> Params:
-    """One Hessian-vector product ``(d^2 f/dw^2) u`` by double backward."""
+    """One Hessian-vector product ``(d^2 f/dw^2) u`` by double backward.
+
+    Examples:
+        >>> import torch
+        >>> a = torch.tensor([2.0, 4.0], dtype=torch.float64)
+        >>> def inner(w, lam):  # f = w'diag(a)w/2 - w'lam: H = diag(a), w* = lam / a
+        ...     return 0.5 * (a * w["w"] ** 2).sum() - (w["w"] * lam["lam"]).sum()
+        >>> w = {"w": torch.zeros(2, dtype=torch.float64)}
+        >>> lam = {"lam": torch.ones(2, dtype=torch.float64)}
+        >>> v = {"w": torch.ones(2, dtype=torch.float64)}
+        >>> from ziggurat import hvp
+        >>> hvp(inner, w, lam, v)["w"].tolist()  # diag(a) v
+        [2.0, 4.0]
+    """
     return Linearization(inner, w, lam).hvp(u)
 
 
@@ -124,7 +137,20 @@ def hvp_forward(inner: InnerLoss, w: Params, lam: Params, u: Params) -> Params:
 
 
 def mixed_vjp(inner: InnerLoss, w: Params, lam: Params, u: Params) -> Params:
-    """``(d^2 f / dlam dw) u`` by double backward."""
+    """``(d^2 f / dlam dw) u`` by double backward.
+
+    Examples:
+        >>> import torch
+        >>> a = torch.tensor([2.0, 4.0], dtype=torch.float64)
+        >>> def inner(w, lam):  # f = w'diag(a)w/2 - w'lam: H = diag(a), w* = lam / a
+        ...     return 0.5 * (a * w["w"] ** 2).sum() - (w["w"] * lam["lam"]).sum()
+        >>> w = {"w": torch.zeros(2, dtype=torch.float64)}
+        >>> lam = {"lam": torch.ones(2, dtype=torch.float64)}
+        >>> v = {"w": torch.ones(2, dtype=torch.float64)}
+        >>> from ziggurat import mixed_vjp
+        >>> mixed_vjp(inner, w, lam, v)["lam"].tolist()  # d/dlam of (df/dw . v) = -v
+        [-1.0, -1.0]
+    """
     return Linearization(inner, w, lam).mixed_vjp(u)
 
 

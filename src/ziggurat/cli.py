@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ._extras import MissingExtraError, require_extra
+
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
@@ -100,6 +102,8 @@ def _demo(args: argparse.Namespace) -> int:
         raise CliError("--imbalance applies only to the reweight example")
     if args.shots is not None and args.name != "fewshot":
         raise CliError("--shots applies only to the fewshot example")
+    if args.plot is not None:  # before training, not after it
+        require_extra("matplotlib", "ziggurat demo --plot", extra="plot")
     options: dict[str, object] = {
         "steps": args.steps if args.steps is not None else module.DEFAULT_STEPS,
         "method": args.method if args.method is not None else module.METHODS[0],
@@ -115,6 +119,10 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as err:  # option values the example itself rejects
         raise CliError(str(err)) from None
     print(result)
+    if args.plot is not None:
+        from .examples import plots
+
+        print(f"figure: {plots.draw(args.name, result, args.plot)}")
     return 0
 
 
@@ -178,6 +186,12 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="fewshot only: support images per class (default: 5)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the example's figure to FILE (.png, .svg or .pdf; needs "
+        "pip install 'ziggurat[plot]')",
+    )
     demo.set_defaults(func=_demo)
 
 
@@ -215,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
-    except CliError as err:
+    except (CliError, MissingExtraError) as err:  # one line, no traceback
         print(f"ziggurat {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (e.g. `ziggurat check | head`): not an error

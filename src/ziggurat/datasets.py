@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._extras import require_extra
+
 SKLEARN_SETS = ("breast_cancer", "diabetes", "digits")
 """The scikit-learn sets :func:`sklearn_arrays` reads."""
 
@@ -47,14 +49,8 @@ def sklearn_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if name not in SKLEARN_SETS:
         raise ValueError(f"unknown scikit-learn data set {name!r}; choose one of {SKLEARN_SETS}")
-    try:
-        import sklearn.datasets
-    except ImportError as err:
-        raise ImportError(
-            f"ziggurat.datasets.{name} needs scikit-learn, which is not installed ({err}); "
-            "pip install 'ziggurat[examples]' (or pip install scikit-learn)"
-        ) from err
-    data = getattr(sklearn.datasets, f"load_{name}")()
+    sklearn_datasets = require_extra("sklearn.datasets", f"ziggurat.datasets.{name}")
+    data = getattr(sklearn_datasets, f"load_{name}")()
     return data.data, data.target
 
 

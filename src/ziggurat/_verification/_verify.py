@@ -73,8 +73,9 @@ def verify(
     Args:
         inner: pure lower loss ``f(w, lam)``; for the float64 reference it must accept float64
             parameters.
-        w, lam, v: the point and the cotangent (``v`` shaped like ``w``), in the dtype the
-            methods run in.
+        w: the lower parameters, in the dtype the methods run in.
+        lam: the upper parameters.
+        v: the cotangent on ``w`` (shaped like ``w``).
         methods: name -> method; defaults to :func:`default_methods`.
         context: optional per-call state (e.g. a SAMA preconditioner) passed to every method.
         reference_dtype: dtype of the reference; ``None`` keeps the inputs' dtype.
@@ -92,6 +93,25 @@ def verify(
             ``||v - (H + damping I) x|| / ||v||`` is above ``1e-8`` (``sqrt(eps)`` below
             float64), typically CG stopped on an indefinite Hessian above the dense limit; the
             message names the options above. The report's ``reference`` gives the residual.
+
+    Examples:
+        >>> import torch
+        >>> from ziggurat import verify
+        >>> from ziggurat.hypergradient import cg, darts
+        >>> a = torch.tensor([2.0, 4.0], dtype=torch.float64)
+        >>> def inner(w, lam):  # H = diag(a): darts's H^{-1} ~ I is off by the factors a
+        ...     return 0.5 * (a * w["w"] ** 2).sum() - (w["w"] * lam["lam"]).sum()
+        >>> w = {"w": torch.zeros(2, dtype=torch.float64)}
+        >>> lam = {"lam": torch.ones(2, dtype=torch.float64)}
+        >>> v = {"w": torch.ones(2, dtype=torch.float64)}
+        >>> report = verify(inner, w, lam, v, methods={"cg": cg(2), "darts": darts()})
+        >>> report.row("cg").rel_error < 1e-12, round(report.row("darts").rel_error, 2)
+        (True, 1.61)
+        >>> print(report)  # doctest: +ELLIPSIS
+        reference: dense solve in torch.float64, residual 0.0e+00
+        ...
+        cg               0.00e+00   1.00000          1      2 ...
+        darts            1.61e+00   0.94868       2.53      0 ...
     """
     _checks.int_at_least("verify repeats", repeats, 1)
     _tree.check_same_shapes(w, v, "verify: cotangent v against lower parameters w")

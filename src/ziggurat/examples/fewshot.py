@@ -212,6 +212,7 @@ def run(
         f"{len(test_pool)} meta-test classes x {test_pool.shape[1]} (disjoint base classes); "
         "the joint baseline fine-tunes the whole net from a zero head"
     )
+    result.arrays.update(accuracies={"random init": base_random, "joint": base_joint, "ours": ours})
     result.extra.update(
         gain_interval_random=_interval(ours - base_random),
         gain_interval_joint=_interval(ours - base_joint),

@@ -73,6 +73,7 @@ def _scores(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+# --8<-- [start:levels]
 class LogDecay(nn.Module):
     """One log weight decay per input feature."""
 
@@ -94,6 +95,9 @@ class Classifier(ImplicitProblem):
         return loss + _penalty(self.module.weight, self.decay())
 
 
+# --8<-- [end:levels]
+
+
 def run(
     steps: int = DEFAULT_STEPS, method: str = "cg", seed: int = 0, progress: bool = True
 ) -> Result:
@@ -113,6 +117,7 @@ def run(
     best_wd = min(GRID, key=lambda wd: _scores(fits[wd], xva, yva)[0])
     baseline = fits[best_wd]
 
+    # --8<-- [start:program]
     unroll = 50
     decay = LogDecay(features, init=best_wd)  # refine the grid's answer per feature
     net = nn.Linear(features, 2)
@@ -130,6 +135,7 @@ def run(
         config=Config(hypergradient=_method(method), unroll_steps=unroll),
     )
     run_bilevel(upper, lower, steps=steps * unroll, progress=progress)
+    # --8<-- [end:program]
     learned = decay().detach()
     ours = fit(xtr, ytr, learned)  # refit to convergence with the learned decays
 
@@ -139,6 +145,13 @@ def run(
         o_loss, o_acc = _scores(ours, x, y)
         result.add(f"{split_name} loss", b_loss, o_loss, higher_is_better=False)
         result.add(f"{split_name} accuracy", b_acc, o_acc)
+    result.arrays.update(
+        grid=np.array(GRID),
+        grid_validation_loss=np.array([_scores(fits[wd], xva, yva)[0] for wd in GRID]),
+        best_decay=best_wd,
+        learned_decays=learned.numpy(),
+        learned_validation_loss=_scores(ours, xva, yva)[0],
+    )
     result.notes.append(
         f"grid best weight decay {best_wd:.3g}; learned decays range "
         f"{float(learned.min()):.3g} .. {float(learned.max()):.3g}"

@@ -79,6 +79,27 @@ def adapt_and_score(init: nn.Module, seed: int) -> float:
     return total / TEST_TASKS
 
 
+def fits(seed: int, inits: dict[str, nn.Module]) -> dict[str, object]:
+    """One test task: its support set, the true curve, and each initialisation's fit after
+    ``INNER_STEPS`` SGD steps on the support set (on a grid of ``x``), for the figure."""
+    tasks = Tasks(seed + 20_000)
+    tasks.new_task()
+    xs, ys = tasks.sample(SHOTS)
+    grid = torch.linspace(-5, 5, 200).unsqueeze(1)
+    out: dict[str, object] = {
+        "x": grid.squeeze(1).numpy(),
+        "truth": (tasks.amp * torch.sin(grid - tasks.phase)).squeeze(1).numpy(),
+        "support_x": xs.squeeze(1).numpy(),
+        "support_y": ys.squeeze(1).numpy(),
+    }
+    fitted = {}
+    for name, init in inits.items():
+        params = adapt(init, dict(init.named_parameters()), xs, ys, ADAPTATION)
+        fitted[name] = predict(init, params, grid).detach().squeeze(1).numpy()
+    out["fits"] = fitted
+    return out
+
+
 def pretrain(steps: int, seed: int, progress: bool) -> nn.Module:
     """The joint baseline: one model regressing on all tasks pooled (a new task per batch)."""
     torch.manual_seed(seed)
@@ -121,5 +142,6 @@ def run(
     result.add("meta-test MSE vs random init", adapt_and_score(random_init, seed), ours, False)
     joint = pretrain(steps, seed, progress)
     result.add("meta-test MSE vs joint pretraining", adapt_and_score(joint, seed), ours, False)
+    result.arrays.update(fits(seed, {"ours": phi, "random init": random_init, "joint": joint}))
     result.seconds = time.perf_counter() - start
     return result

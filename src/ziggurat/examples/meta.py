@@ -52,6 +52,7 @@ class Adaptation:
     prox: float = 1.0
 
 
+# --8<-- [start:levels]
 class Meta(ImplicitProblem):
     """Upper level: query loss of the adapted learner; its module is the initialisation."""
 
@@ -89,6 +90,9 @@ class ProximalLearner(ImplicitProblem):
             for w, p in zip(self.module.parameters(), self.meta.module.parameters(), strict=True)
         )
         return self.cfg.loss(self.module(x), y) + 0.5 * self.cfg.prox * prox
+
+
+# --8<-- [end:levels]
 
 
 def proximal_gauss_newton(
@@ -142,6 +146,7 @@ def meta_train(
     """
     if method not in METHODS:
         raise ValueError(f"meta-learning method must be one of {METHODS}, got {method!r}")
+    # --8<-- [start:program]
     meta = Meta(
         name="meta",
         module=phi,
@@ -165,6 +170,7 @@ def meta_train(
         config = Config(unroll_steps=adaptation.steps, hypergradient=hypergradient)
         learner = ProximalLearner(**options, config=config)
     run_bilevel(meta, learner, steps=tasks_seen * adaptation.steps, progress=progress, env=tasks)
+    # --8<-- [end:program]
 
 
 def adapt(model: nn.Module, start: Params, x: Tensor, y: Tensor, adaptation: Adaptation) -> Params:

@@ -46,6 +46,7 @@ RANDOM_CELLS = 4
 LR_WEIGHTS, LR_ARCH, WEIGHT_DECAY, FD_RADIUS = 0.1, 0.1, 3e-4, 0.01
 
 
+# --8<-- [start:levels]
 class ArchLogits(nn.Module):
     """``alpha``: one logit per (edge, operation); ``forward()`` gives the mixing weights."""
 
@@ -75,6 +76,9 @@ class Supernet(ImplicitProblem):
     def training_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         return F.cross_entropy(self(x), y)
+
+
+# --8<-- [end:levels]
 
 
 def _accuracy(net: nn.Module, weights: Tensor, x: Tensor, y: Tensor) -> float:
@@ -157,6 +161,7 @@ def search(
     return logits.alpha.detach().clone()
 
 
+# --8<-- [start:config]
 def supernet_config(method: str) -> Config:
     """The supernet's ``Config``, which picks the hypergradient of ``alpha`` (as in Betty).
 
@@ -171,6 +176,9 @@ def supernet_config(method: str) -> Config:
     if method == "darts_xi":
         return Config(hypergradient=darts(FD_RADIUS, scale=LR_WEIGHTS))
     return Config(type=method, darts_alpha=FD_RADIUS)
+
+
+# --8<-- [end:config]
 
 
 def run(
@@ -212,6 +220,15 @@ def run(
     result.notes.append("derived cell (softmax weight): " + ", ".join(chosen))
     for ops, score in zip(randoms, scores, strict=True):
         result.notes.append(f"random cell {', '.join(ops)}: {score:.4f}")
+    result.arrays.update(
+        weights=weights.numpy(),
+        ops=OPS,
+        edges=edges(),
+        derived=ours_ops,
+        random_cells=randoms,
+        random_scores=scores,
+        ours=ours,
+    )
     result.extra.update(
         ours=ours,
         random_mean=baseline,

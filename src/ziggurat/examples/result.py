@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,15 @@ class Result:
     """What an example's ``run`` returns; ``str(result)`` is the printed table.
 
     ``rows`` compare the baseline with the multilevel program; ``notes`` are extra facts
-    (a learned architecture, mean weights); ``extra`` keeps raw numbers for tests.
+    (a learned architecture, mean weights); ``extra`` keeps raw numbers for tests;
+    ``arrays`` keeps what :mod:`ziggurat.examples.plots` draws (learned weights, curves).
     """
 
     name: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def row(self, metric: str) -> Row:

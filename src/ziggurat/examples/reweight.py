@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from ziggurat.configs import Config
 from ziggurat.datasets import Batches, Images, load_images
-from ziggurat.examples.common import HeldOutLoss, endless, progress_range, run_bilevel
+from ziggurat.examples.common import (
+    HeldOutLoss,
+    curve_every,
+    endless,
+    progress_range,
+    run_bilevel,
+)
 from ziggurat.examples.data import as_tensors, long_tail, symmetric_noise
 from ziggurat.examples.result import Result
 from ziggurat.problems import ImplicitProblem
@@ -44,6 +50,7 @@ def mlp(features: int, classes: int, hidden: int = 128) -> nn.Module:
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
+# --8<-- [start:levels]
 class Classifier(ImplicitProblem):
     """Lower level: the weighted training loss, weights from the upper level."""
 
@@ -53,6 +60,9 @@ class Classifier(ImplicitProblem):
         losses = F.cross_entropy(self.module(x), y, reduction="none")
         weights = self.reweight(losses.detach())
         return (weights * losses).sum() / weights.sum()
+
+
+# --8<-- [end:levels]
 
 
 def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -91,18 +101,26 @@ def _data(
 
 
 def _baseline(
-    train: tuple[Tensor, Tensor], features: int, steps: int, seed: int, progress: bool
-) -> nn.Module:
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    steps: int,
+    seed: int,
+    progress: bool,
+) -> tuple[nn.Module, list[tuple[int, float]]]:
+    """Plain training; the net and its test-accuracy curve (the points of ``run_bilevel``)."""
     torch.manual_seed(seed)
-    net = mlp(features, 10)
+    net = mlp(train[0].shape[1], 10)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     batches = endless(Batches(*train, batch_size=BATCH, seed=seed))
-    for _ in progress_range(steps, progress, "reweight baseline"):
+    curve = []
+    for step in progress_range(steps, progress, "reweight baseline"):
         x, y = next(batches)
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
-    return net
+        if (step + 1) % curve_every(steps) == 0:
+            curve.append((step + 1, _accuracy(net, *test)))
+    return net, curve
 
 
 def run(
@@ -128,8 +146,9 @@ def run(
     images = images if images is not None else load_images()
     train, meta, (xte, yte), flag = _data(images, imbalance, seed)
     features = train[0].shape[1]
-    base = _baseline(train, features, steps, seed, progress)
+    base, base_curve = _baseline(train, (xte, yte), steps, seed, progress)
 
+    # --8<-- [start:program]
     torch.manual_seed(seed)
     net, wnet = mlp(features, 10), WeightNet()
     reweight = HeldOutLoss(  # the classifier's loss on the clean meta set
@@ -145,7 +164,14 @@ def run(
         train_data_loader=Batches(*train, batch_size=BATCH, seed=seed),
         config=Config(type=method, cg_iterations=3, neumann_iterations=3),
     )
-    run_bilevel(reweight, classifier, steps=steps, progress=progress)
+    curve = run_bilevel(
+        reweight,
+        classifier,
+        steps=steps,
+        progress=progress,
+        metric=lambda: _accuracy(net, xte, yte),
+    )
+    # --8<-- [end:program]
 
     setting = "40% symmetric noise" if imbalance is None else f"imbalance {imbalance:g}:1"
     result = Result(f"reweight: Meta-Weight-Net ({method}), {images.name}, {setting}")
@@ -160,5 +186,13 @@ def run(
         f"({len(train[1])} training samples, {len(meta[1])} meta samples)"
     )
     result.extra.update(weight_marked=marked, weight_other=other)
+    result.arrays.update(
+        weights=w.numpy(),
+        marked=np.asarray(flag, dtype=bool),
+        labels=labels,
+        metric="clean test accuracy",
+        curve=np.array(curve),
+        baseline_curve=np.array(base_curve),
+    )
     result.seconds = time.perf_counter() - start
     return result

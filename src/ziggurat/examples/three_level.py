@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ziggurat import Engine
-from ziggurat.configs import Config, EngineConfig
+from ziggurat.configs import Config
 from ziggurat.datasets import Batches, Images, digits
+from ziggurat.examples.common import MetricEngine, curve_config
 from ziggurat.examples.data import as_tensors
 from ziggurat.examples.result import Result
 from ziggurat.hypergradient import cg, from_name
@@ -57,6 +57,7 @@ class SampleLogits(nn.Module):
         return torch.sigmoid(self.logits[idx])
 
 
+# --8<-- [start:levels]
 class Reweight(ImplicitProblem):
     """Upper level: the finetuned model's loss on the target validation set."""
 
@@ -98,6 +99,9 @@ class UniformPretrain(Pretrain):
         x, y, _ = batch
         assert self.module is not None
         return F.cross_entropy(self.module(x), y)
+
+
+# --8<-- [end:levels]
 
 
 def _data(images: Images, seed: int) -> dict[str, tuple[Tensor, ...]]:
@@ -168,18 +172,21 @@ def run(
         raise ValueError(f"three_level method must be one of {METHODS}, got {method!r}")
     start = time.perf_counter()
     data = _data(images if images is not None else digits(seed), seed)
-    config = EngineConfig(train_iters=steps, valid_step=0, progress=progress)
+    config = curve_config(steps, progress)
+    xte, yte = data["test"]
 
     pretrain, finetune = _lower_levels(data, method, seed, uniform=True)
-    Engine(
+    base = finetune.module
+    baseline = MetricEngine(
         problems=[finetune, pretrain],
         dependencies={"l2u": {pretrain: [finetune]}},
         config=config,
-    ).run()
-    base = finetune.module
-    assert base is not None
+        metric=lambda: _accuracy(base, xte, yte),
+    )
+    baseline.run()
 
     pretrain, finetune = _lower_levels(data, method, seed, uniform=False)
+    # --8<-- [start:program]
     logits = SampleLogits(len(data["source"][1]))
     reweight = Reweight(
         name="reweight",
@@ -187,24 +194,23 @@ def run(
         optimizer=torch.optim.Adam(logits.parameters(), lr=LR_WEIGHTS),
         train_data_loader=Batches(*data["valid"]),
     )
-    Engine(
+    fine_net = finetune.module
+    ours = MetricEngine(
         problems=[reweight, finetune, pretrain],
         dependencies={
             "u2l": {reweight: [pretrain]},
             "l2u": {pretrain: [finetune], finetune: [reweight]},
         },
         config=config,
-    ).run()
-    assert finetune.module is not None
-
-    xte, yte = data["test"]
+        metric=lambda: _accuracy(fine_net, xte, yte),
+    )
+    ours.run()
+    # --8<-- [end:program]
     result = Result(
         f"three_level: learning by ignoring ({method} on pretrain, cg on finetune), "
         f"{int(CORRUPT * 100)}% shifted source labels"
     )
-    result.add(
-        "target test accuracy", _accuracy(base, xte, yte), _accuracy(finetune.module, xte, yte)
-    )
+    result.add("target test accuracy", _accuracy(base, xte, yte), _accuracy(fine_net, xte, yte))
     with torch.no_grad():
         w = logits(data["source"][2])
     shifted = data["shifted"][0]
@@ -214,5 +220,13 @@ def run(
         f"({len(shifted)} source, {len(data['train'][1])} target training samples)"
     )
     result.extra.update(weight_marked=marked, weight_other=other)
+    result.arrays.update(
+        weights=w.numpy(),
+        marked=shifted.numpy(),
+        labels=("shifted", "correct"),
+        metric="target test accuracy",
+        curve=np.array(ours.curve),
+        baseline_curve=np.array(baseline.curve),
+    )
     result.seconds = time.perf_counter() - start
     return result

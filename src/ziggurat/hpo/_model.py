@@ -164,7 +164,9 @@ class HyperModel:
         """Alternate ``inner_steps`` optimizer steps on the module with one hyper step.
 
         Args:
-            train, val: ``(inputs, targets)`` tensors; inner training is full-batch.
+            train: ``(inputs, targets)`` tensors of the inner (training) loss; inner training
+                is full-batch.
+            val: ``(inputs, targets)`` tensors of the outer (validation) loss.
             outer_steps: hypergradient steps.
             inner_steps: ``optimizer.step(closure)`` calls per round of inner training. The
                 module's parameters and the optimizer state carry over between rounds (warm

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from .._extras import MissingExtraError
 from ._history import History
 
 
@@ -35,7 +36,7 @@ def _tqdm(*, required: bool) -> Any:
         from tqdm import tqdm
     except ImportError:
         if required:
-            raise ImportError(
+            raise MissingExtraError(
                 "HyperModel.fit(progress=True) needs tqdm: pip install 'ziggurat[progress]' "
                 "(or pass progress=None for a plain line every few steps, False for none)"
             ) from None

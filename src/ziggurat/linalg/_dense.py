@@ -71,5 +71,16 @@ def _advice() -> str:
 
 
 def dense(*, damping: float = 0.0, max_size: int = 20_000) -> Dense:
-    """Build the dense direct solver."""
+    """Build the dense direct solver.
+
+    Examples:
+        >>> import torch
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> def matvec(x):
+        ...     return {"x": A @ x["x"]}
+        >>> b = {"x": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+        >>> from ziggurat.linalg import dense
+        >>> [round(x, 12) for x in dense()(matvec, b).x["x"].tolist()]
+        [0.2, 0.6]
+    """
     return Dense(damping=damping, max_size=max_size)

@@ -59,7 +59,20 @@ class Neumann(LinearSolver):
 
 
 def neumann(iterations: int = 1, alpha: float = 1.0, *, damping: float = 0.0) -> Neumann:
-    """Build a Neumann-series solver with ``iterations`` Hessian-vector products."""
+    """Build a Neumann-series solver with ``iterations`` Hessian-vector products.
+
+    Examples:
+        Converges when ``alpha < 2 / lambda_max`` (here ``lambda_max`` is about 3.6):
+
+        >>> import torch
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> def matvec(x):
+        ...     return {"x": A @ x["x"]}
+        >>> b = {"x": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+        >>> from ziggurat.linalg import neumann
+        >>> [round(x, 6) for x in neumann(100, alpha=0.4)(matvec, b).x["x"].tolist()]
+        [0.2, 0.6]
+    """
     return Neumann(iterations=iterations, alpha=alpha, damping=damping)
 
 

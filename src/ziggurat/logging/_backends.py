@@ -18,9 +18,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger("ziggurat")
+from .._extras import MissingExtraError, missing
 
-_EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+log = logging.getLogger("ziggurat")
 
 
 class MetricLogger:
@@ -46,11 +46,8 @@ class MetricLogger:
         return type(self).log is not MetricLogger.log
 
 
-def _missing(backend: str, error: ImportError) -> ImportError:
-    return ImportError(
-        f"EngineConfig logger_type={backend!r} needs the {backend} package; install it with "
-        f"`pip install 'ziggurat[{_EXTRAS[backend]}]'` ({error})"
-    )
+def _missing(backend: str, module: str) -> MissingExtraError:
+    return missing(f"EngineConfig(logger_type={backend!r})", module)
 
 
 def _tags(source: str, values: Mapping[str, float]) -> dict[str, float]:
@@ -81,7 +78,7 @@ class TensorBoardLogger(MetricLogger):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise _missing("tensorboard", error) from error
+            raise _missing("tensorboard", "torch.utils.tensorboard") from error
         self.writer = SummaryWriter(log_dir=directory)
         if config:
             rows = "\n".join(f"| {k} | {v} |" for k, v in flat_config(config).items())
@@ -111,7 +108,7 @@ class WandbLogger(MetricLogger):
         try:
             import wandb
         except ImportError as error:
-            raise _missing("wandb", error) from error
+            raise _missing("wandb", "wandb") from error
         os.makedirs(directory, exist_ok=True)
         self.run = wandb.init(
             project="ziggurat", name=run_name, dir=directory, config=dict(config), reinit=True
@@ -136,7 +133,7 @@ class MlflowLogger(MetricLogger):
             from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError as error:
-            raise _missing("mlflow", error) from error
+            raise _missing("mlflow", "mlflow") from error
         os.makedirs(directory, exist_ok=True)
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (
             "sqlite:///" + os.path.abspath(os.path.join(directory, "mlflow.db"))

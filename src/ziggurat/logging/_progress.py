@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._extras import missing
+
 
 class Progress:
     """``EngineConfig(progress=True)``: step count, rate (tqdm's it/s) and latest losses."""
@@ -13,9 +15,7 @@ class Progress:
         try:
             from tqdm.auto import tqdm
         except ImportError as error:
-            raise ImportError(
-                "EngineConfig(progress=True) needs tqdm; `pip install tqdm`"
-            ) from error
+            raise missing("EngineConfig(progress=True)", "tqdm") from error
         self.bar: Any = tqdm(total=total, initial=initial, desc="ziggurat", unit="step")
 
     def update(self, losses: Mapping[str, float]) -> None:

@@ -45,11 +45,13 @@ class Problem(BettyHelpers):
     Args:
         name: unique name; other problems and the engine reach this one as ``self.<name>``.
         config: a :class:`~ziggurat.configs.Config` (default options when omitted).
-        module, optimizer, scheduler, train_data_loader: the components; each may instead come
-            from ``configure_module()``, ``configure_optimizer()``, ``configure_scheduler()`` and
-            ``configure_train_data_loader()``. Several loaders may be given as a tuple; the batch
-            is then a tuple of batches. The optimizer must hold every module parameter with
-            ``requires_grad=True`` (the level's parameters); freeze the others.
+        module: the level's ``nn.Module``, or from ``configure_module()``.
+        optimizer: its ``torch.optim`` optimizer, or from ``configure_optimizer()``. It must
+            hold every module parameter with ``requires_grad=True`` (the level's parameters);
+            freeze the others.
+        scheduler: an optional learning-rate scheduler, or from ``configure_scheduler()``.
+        train_data_loader: an iterable of batches, or from ``configure_train_data_loader()``.
+            Several loaders may be given as a tuple; the batch is then a tuple of batches.
         extra_config: any object, available as ``self.cfg``.
         device: where the module and batches live; defaults to the engine's device.
 
