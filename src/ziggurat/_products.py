@@ -200,7 +200,7 @@ def _norm(a: Params) -> Tensor:
     first = next(iter(a.values()))
     acc = accumulation_dtype(first.dtype)
     norms = [torch.linalg.vector_norm(t, dtype=acc) for t in a.values()]
-    return torch.linalg.vector_norm(torch.stack(norms))
+    return _tree.whole(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 def step_length(w: Params, order: int = 2) -> Tensor:
@@ -330,11 +330,7 @@ def mixed_vjp_fd(
     quadratic in ``w`` (up to rounding). A ``u`` with a NaN or an infinity is a ``ValueError``.
     """
     length = perturbation_length(_tree.detach(w), radius)
-    u_norm = float(_tree.finite_rhs_norm(u, "finite-difference mixed product"))
-    if u_norm == 0.0:
-        return _tree.zeros_like(_tree.detach(lam))
-    # a Python number: the quotient is shaped like lam, whose tensors need not be of w's kind
-    # (a tensor step built from FSDP-sharded w and u would be a DTensor, which a plain lam's
-    # gradient cannot be divided by); the norm of u was synchronised for its check anyway
-    h = float(length) / u_norm
+    _tree.finite_rhs_norm(u, "finite-difference mixed product")  # checked where read
+    # a tensor: no host sync (for u = 0 the perturbation and the quotient are zero)
+    h = fd_step(length, u)
     return central_difference(lambda x: grad_lam(inner, x, lam), w, u, h)

@@ -192,6 +192,13 @@ def to_device(batch: Any, device: torch.device | str | None) -> Any:
     return batch
 
 
+def whole(t: Tensor) -> Tensor:
+    """``t``, or the whole of it when it is a DTensor (an FSDP2-sharded tree's norm): a
+    collective, no host sync, so it combines with plain tensors."""
+    full = getattr(t, "full_tensor", None)
+    return t if full is None else full()
+
+
 def finite_rhs_norm(b: Params, solver: str) -> Tensor:
     """``||b||`` (a 0-dim tensor), checked to be finite: a ``ValueError`` otherwise, raised
     through :mod:`ziggurat._health` (at once, or where the engine reads its checks).
@@ -200,7 +207,7 @@ def finite_rhs_norm(b: Params, solver: str) -> Tensor:
     residual of 0 would hide the NaN from every diagnostic downstream. In a hypergradient ``b``
     is the cotangent ``v = dF/dw`` of the upper loss, so that is where the NaN comes from.
     """
-    b_norm = norm(b)
+    b_norm = whole(norm(b))
 
     def message() -> str:
         bad = [name for name, t in b.items() if not bool(t.isfinite().all())]
