@@ -213,11 +213,11 @@ def step_length(w: Params, order: int = 2) -> Tensor:
     return eps ** (1.0 / (order + 1)) * _norm(_tree.detach(w)).clamp(min=1.0)
 
 
-def fd_step(length: float | Tensor, u: Params) -> Tensor:
+def fd_step(length: float | Tensor, u: Params, u_norm: Tensor | None = None) -> Tensor:
     """The step ``h = length / ||u||`` that moves ``w`` by ``length`` along ``u`` (a 0-dim
     tensor, no host sync). For ``u = 0`` it is ``length`` itself, harmless: the perturbation
-    is then zero."""
-    u_norm = _norm(u)
+    is then zero. ``u_norm``: ``||u||`` when the caller has it."""
+    u_norm = _norm(u) if u_norm is None else u_norm
     return length / torch.where(u_norm > 0, u_norm, torch.ones_like(u_norm))
 
 
@@ -330,7 +330,7 @@ def mixed_vjp_fd(
     quadratic in ``w`` (up to rounding). A ``u`` with a NaN or an infinity is a ``ValueError``.
     """
     length = perturbation_length(_tree.detach(w), radius)
-    _tree.finite_rhs_norm(u, "finite-difference mixed product")  # checked where read
+    u_norm = _tree.finite_rhs_norm(u, "finite-difference mixed product", _norm(u))
     # a tensor: no host sync (for u = 0 the perturbation and the quotient are zero)
-    h = fd_step(length, u)
+    h = fd_step(length, u, u_norm)
     return central_difference(lambda x: grad_lam(inner, x, lam), w, u, h)

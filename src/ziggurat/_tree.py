@@ -199,15 +199,16 @@ def whole(t: Tensor) -> Tensor:
     return t if full is None else full()
 
 
-def finite_rhs_norm(b: Params, solver: str) -> Tensor:
+def finite_rhs_norm(b: Params, solver: str, b_norm: Tensor | None = None) -> Tensor:
     """``||b||`` (a 0-dim tensor), checked to be finite: a ``ValueError`` otherwise, raised
     through :mod:`ziggurat._health` (at once, or where the engine reads its checks).
 
     A non-finite ``b`` has no meaningful solution or residual; returning zeros or reporting a
     residual of 0 would hide the NaN from every diagnostic downstream. In a hypergradient ``b``
     is the cotangent ``v = dF/dw`` of the upper loss, so that is where the NaN comes from.
+    ``b_norm``: ``||b||`` when the caller has it (it is checked instead of computed).
     """
-    b_norm = whole(norm(b))
+    b_norm = whole(norm(b)) if b_norm is None else b_norm
 
     def message() -> str:
         bad = [name for name, t in b.items() if not bool(t.isfinite().all())]
