@@ -30,6 +30,7 @@ from ._betty_helpers import BettyHelpers
 from ._clock import InnerLoopClock
 from ._data import Loaders, to_device
 from ._functional import module_substitutions
+from ._hooks import Hooks
 from ._hops import HopKey, HopMemory
 from ._output import Metric, check_finite_gradients
 from ._params import ModuleParameters
@@ -39,7 +40,7 @@ from ._runtime import Runtime, resolve
 from ._total_gradient import total_gradient
 
 
-class Problem(BettyHelpers):
+class Problem(Hooks, BettyHelpers):
     """One level of a multilevel program.
 
     Args:
@@ -55,9 +56,10 @@ class Problem(BettyHelpers):
         extra_config: any object, available as ``self.cfg``.
         device: where the module and batches live; defaults to the engine's device.
 
-    Hooks (all optional, documented no-ops unless stated): ``on_inner_loop_start``,
-    ``grad_callback``, ``param_callback``, ``epoch_callback``, ``custom_optimizer_step``
-    (default: ``optimizer.step()``), ``param_groups`` and the ``configure_*`` family.
+    Hooks (:class:`~ziggurat.problems._hooks.Hooks`; all optional, documented no-ops unless
+    stated): ``training_step`` (required), ``on_inner_loop_start``, ``grad_callback``,
+    ``param_callback``, ``epoch_callback``, ``custom_optimizer_step`` (default:
+    ``optimizer.step()``), ``param_groups`` and the ``configure_*`` family.
     ``module`` and ``optimizer`` are ``None`` until the engine initialises the problem when they
     come from those hooks.
     """
@@ -111,58 +113,6 @@ class Problem(BettyHelpers):
             initial_scale=self._config.initial_dynamic_scale,
             growth_factor=self._config.scale_factor,
         )
-
-    def training_step(self, batch: Any) -> Tensor | dict[str, Any]:
-        """Return this level's loss on ``batch`` (a scalar, or a dict with ``"loss"``)."""
-        raise NotImplementedError(
-            f"problem {self._name!r} ({type(self).__name__}) must define training_step(self, batch)"
-        )
-
-    def configure_module(self) -> nn.Module | None:
-        """Build the module when none was passed. Default: none."""
-        return None
-
-    def configure_optimizer(self) -> torch.optim.Optimizer | None:
-        """Build the optimizer when none was passed. Default: none."""
-        return None
-
-    def configure_scheduler(self) -> Any:
-        """Build the learning-rate scheduler when none was passed. Default: none."""
-        return None
-
-    def configure_train_data_loader(self) -> Any:
-        """Build the data loader(s) when none was passed. Default: none."""
-        return None
-
-    def on_inner_loop_start(self) -> None:
-        """Called before the first step after each update of the upper problems. No-op."""
-
-    def grad_callback(self) -> None:
-        """Called after gradients (hypergradients included) are written, before clipping. No-op."""
-
-    def param_callback(self) -> None:
-        """Called after each optimizer step. No-op."""
-
-    def epoch_callback(self) -> None:
-        """Called when the first data loader starts a new epoch. No-op."""
-
-    def custom_optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Apply the written gradients, once per update. Default: ``self.optimizer.step()``.
-
-        Runs after the gradients are unscaled and clipped; the optimizer's ``zero_grad`` and
-        ``param_callback`` follow. An override cannot be combined with ``precision="fp16"``
-        (refused when the engine is built), whose GradScaler takes the step itself.
-        """
-        return self.optimizer.step()
-
-    def param_groups(self) -> list[dict[str, Any]] | None:
-        """Parameter groups for ``configure_optimizer`` to build the optimizer from.
-
-        The optimizer is never rebuilt from them: when this returns groups, the engine checks
-        at construction that the optimizer holds exactly these groups and options. Default:
-        none.
-        """
-        return None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """What ``self.<name>(...)`` computes in other problems: the module's forward."""
