@@ -15,7 +15,7 @@ from ..logging import BoundLogger, LoggerBase
 from ..problems import HypergradientRecord, Problem, resolve
 from ..systems import Group, make_group
 from ..utils import log_from_loss_dict
-from . import _checkpoint, _compat, _prepare, _run, _wiring
+from . import _checkpoint, _compat, _prepare, _program_checks, _run, _wiring
 from ._graph import Graph, parse
 
 log = logging.getLogger("ziggurat")
@@ -61,6 +61,15 @@ class Engine:
     ) -> None:
         if config is not None and not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+        if isinstance(problems, Problem):
+            raise TypeError(
+                f"problems must be a list of Problem instances, got the single problem "
+                f"{problems.name!r}; pass problems=[{problems.name}]"
+            )
+        if not problems:
+            raise ValueError(
+                "Engine got no problems: pass problems=[...] with every level of the program"
+            )
         for p in problems:
             if not isinstance(p, Problem):
                 raise TypeError(f"problems must be Problem instances, got {type(p).__name__}")
@@ -109,6 +118,7 @@ class Engine:
         for p in self.problems:
             p.initialize(self)
         _compat.check_problems(self.problems)
+        _program_checks.check_disjoint_parameters(self.problems)
         # attributes the problems set while initialising may shadow a name too
         _wiring.check_names(self, self.problems)
         # unrolled levels keep a graph that several backward passes traverse
