@@ -12,6 +12,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ziggurat import Engine
@@ -205,3 +207,100 @@ def test_a_scheduler_from_configure_scheduler_on_self_optimizer_decays_the_rate(
     )
     Engine([fit], quiet(train_iters=3)).run()
     assert fit.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+
+
+# ----------------------------------------------------------------------------- scheduling
+class Counting(ImplicitProblem):
+    """Steps without computing anything (the scheduling of ``Problem.step`` is all that runs)."""
+
+    def __init__(self, name: str, **config) -> None:
+        module = nn.Linear(1, 1)
+        super().__init__(
+            name,
+            Config(**config),
+            module=module,
+            optimizer=torch.optim.SGD(module.parameters(), lr=0.0),
+            train_data_loader=[0],
+        )
+
+    def training_step(self, batch):  # pragma: no cover - never called
+        raise AssertionError
+
+    def one_step_descent(self, batch=None, fresh=False) -> None:
+        pass
+
+
+def test_unroll_steps_beyond_train_iters_is_refused_at_run_with_the_numbers() -> None:
+    up, low = Counting("upper"), Counting("lower", unroll_steps=5)
+    engine = Engine([up, low], quiet(train_iters=3), {"l2u": {low: [up]}})
+    with pytest.raises(
+        ValueError,
+        match=r"problem 'upper' would never step in this run: .* 'lower' takes 3 step\(s\) in "
+        r"train_iters=3 and signals its upper levels only after unroll_steps \(5\) x "
+        r"gradient_accumulation \(1\) = 5 steps beyond warmup_steps \(0\), first at its step "
+        r"5\. Steps per level, at most: \{'upper': 0, 'lower': 3\}\. Set EngineConfig "
+        r"train_iters >= 5",
+    ):
+        engine.run()
+    assert engine.global_step == 0 and low.count == 0
+
+
+def test_the_check_reads_train_iters_when_run_starts() -> None:
+    """``train_iters`` may change after construction (it is a config field)."""
+    up, low = Counting("upper"), Counting("lower", unroll_steps=2, warmup_steps=3)
+    engine = Engine([up, low], quiet(train_iters=3), {"l2u": {low: [up]}})
+    with pytest.raises(ValueError, match=r"warmup_steps \(3\), first at its step 4.* >= 4"):
+        engine.run()
+    engine.config.train_iters = 4
+    engine.run()
+    assert (up.count, low.count) == (1, 4)
+
+
+@st.composite
+def programs(draw):
+    """A random program: levels ``l0 .. l{n-1}``, each ``l2u`` edge from a lower index to a
+    higher one, each level with random unroll, accumulation and warm-up, and a run length."""
+    n = draw(st.integers(2, 4))
+    edges = {i: [j for j in range(i + 1, n) if draw(st.booleans())] for i in range(n - 1)}
+    options = [
+        {
+            "unroll_steps": draw(st.integers(1, 3)),
+            "gradient_accumulation": draw(st.integers(1, 2)),
+            "warmup_steps": draw(st.integers(0, 3)),
+        }
+        for _ in range(n)
+    ]
+    return n, edges, options, draw(st.integers(1, 14))
+
+
+@settings(max_examples=40, deadline=None)
+@given(programs())
+def test_planned_steps_bound_the_steps_taken_and_agree_on_levels_that_never_step(program):
+    from ziggurat.engine._program_checks import planned_steps
+
+    n, edges, options, iters = program
+    levels = [Counting(f"l{i}", **options[i]) for i in range(n)]
+    deps = {"l2u": {levels[i]: [levels[j] for j in js] for i, js in edges.items() if js}}
+    engine = Engine(levels, quiet(train_iters=iters), deps)
+    planned = planned_steps(engine.graph, engine.problems, iters)
+    for step in range(1, iters + 1):  # what run() does, without its checks
+        engine.global_step = step
+        engine.train_step()
+    taken = {p.name: p.count for p in levels}
+    one_lower_each = all(len(engine.graph.children(p.name)) <= 1 for p in levels)
+    for name, count in taken.items():
+        assert count <= planned[name]
+        assert (count == 0) == (planned[name] == 0)
+        if one_lower_each:
+            assert count == planned[name]
+    fresh = Engine(
+        [Counting(f"l{i}", **options[i]) for i in range(n)],
+        quiet(train_iters=iters),
+        {"l2u": {f"l{i}": [f"l{j}" for j in js] for i, js in edges.items() if js}},
+    )
+    if 0 in taken.values():
+        with pytest.raises(ValueError, match="would never step in this run"):
+            fresh.run()
+    else:
+        fresh.run()
+        assert {p.name: p.count for p in fresh.problems} == taken

@@ -196,8 +196,16 @@ class Engine:
         return resolve(self, item, "Engine")
 
     def run(self) -> dict[str, float] | None:
-        """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
+        """Train for ``train_iters`` iterations; returns the last validation dict, if any.
+
+        Raises:
+            ValueError: a level would never step in ``train_iters`` iterations (its lower
+                levels would not finish an inner loop: ``unroll_steps`` larger than
+                ``train_iters``, say), before any step; to advance a program by fewer
+                iterations, call :meth:`train_step` after increasing ``global_step``.
+        """
         _run.check_plateau_schedulers(self.config, self.problems)
+        _program_checks.check_every_level_steps(self.graph, self.problems, self.config.train_iters)
         validates = type(self).validation is not Engine.validation
         _run.check_early_stopping(self.config, type(self).__name__, validates)
         self.train()
