@@ -8,6 +8,7 @@ those checks.
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -19,7 +20,7 @@ from torch import nn
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
 from ziggurat.hypergradient import cg
-from ziggurat.problems import ImplicitProblem
+from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 D = torch.float64
 X = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(0))
@@ -304,3 +305,90 @@ def test_planned_steps_bound_the_steps_taken_and_agree_on_levels_that_never_step
     else:
         fresh.run()
         assert {p.name: p.count for p in fresh.problems} == taken
+
+
+# ------------------------------------------------------------------------ errors in user code
+class UserError(Exception):
+    """An error of the user's own type: it must reach the caller as it was raised."""
+
+
+def _fail(*args, **kwargs):
+    raise UserError("the user's own message")
+
+
+HOOKS = {
+    # hook: (where it is defined, the global step its note names)
+    "training_step": ("problem", 1),
+    "on_inner_loop_start": ("problem", 1),
+    "grad_callback": ("problem", 1),
+    "custom_optimizer_step": ("problem", 1),
+    "param_callback": ("problem", 1),
+    "epoch_callback": ("problem", 2),  # the second batch starts the second epoch
+    "configure_module": ("init", None),
+    "configure_optimizer": ("init", None),
+    "configure_scheduler": ("init", None),
+    "configure_train_data_loader": ("init", None),
+    "validation": ("engine", 1),
+}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="notes need Python 3.11")
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_an_error_in_user_code_keeps_its_type_and_gets_a_note_naming_level_hook_and_step(hook):
+    where, step = HOOKS[hook]
+    module = linear()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    fit_class = type("Buggy", (Fit,), {hook: _fail} if where != "engine" else {})
+    given = {"module": module, "optimizer": optimizer, "train_data_loader": [X]}
+    if hook.startswith("configure_"):
+        given.pop(hook.removeprefix("configure_"), None)
+    fit = fit_class("fit", Config(), **given)
+    engine_class = type("MyEngine", (Engine,), {"validation": _fail} if where == "engine" else {})
+    config = EngineConfig(train_iters=2, valid_step=1, logger_type="none", progress=False)
+    with pytest.raises(UserError, match="the user's own message") as caught:
+        engine_class([fit], config).run()
+    owner = "MyEngine" if where == "engine" else "problem 'fit'"
+    when = "while the engine was built" if step is None else f"at global step {step}"
+    assert caught.value.__notes__ == [f"ziggurat: raised in {owner}, {hook}(), {when}"]
+    assert caught.traceback[-1].name == "_fail"  # the original traceback
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="notes need Python 3.11")
+def test_an_error_in_a_hop_names_the_lower_level_and_an_unrolled_callback_its_level() -> None:
+    class BadLower(Lower):
+        def training_step(self, batch):
+            if self.count >= 2:  # only in the hop of the upper's step at global step 2
+                raise UserError("in the hop")
+            return super().training_step(batch)
+
+    problems = [level(Upper, "upper"), level(BadLower, "lower", unroll_steps=2)]
+    with pytest.raises(UserError, match="in the hop") as caught:
+        Engine(problems, quiet(train_iters=2), BILEVEL).run()
+    assert caught.value.__notes__ == [
+        "ziggurat: raised in problem 'lower', training_step(), at global step 2"
+    ]
+
+    class Unrolled(IterativeProblem):
+        def training_step(self, batch):
+            return (self(batch) - self.upper(batch)).pow(2).mean()
+
+        grad_callback = _fail
+
+    problems = [level(Upper, "upper"), level(Unrolled, "lower")]
+    with pytest.raises(UserError) as caught:
+        Engine(problems, quiet(train_iters=1), BILEVEL).run()
+    assert caught.value.__notes__ == [
+        "ziggurat: raised in problem 'lower', grad_callback(), at global step 1"
+    ]
+
+
+def test_errors_ziggurat_raises_itself_get_no_note() -> None:
+    class NoLoss(Fit):
+        def training_step(self, batch):
+            return {"accuracy": 1.0}
+
+    with pytest.raises(
+        ValueError, match=r"problem 'fit': training_step returned a dict without"
+    ) as caught:
+        Engine([level(NoLoss, "fit")], quiet(train_iters=1)).run()
+    assert not getattr(caught.value, "__notes__", [])

@@ -12,7 +12,7 @@ from .._values import as_float
 from ..configs import EngineConfig
 from ..envs import Env
 from ..logging import BoundLogger, LoggerBase
-from ..problems import HypergradientRecord, Problem, resolve
+from ..problems import HypergradientRecord, Problem, resolve, user_code
 from ..systems import Group, make_group
 from ..utils import log_from_loss_dict
 from . import _checkpoint, _compat, _prepare, _program_checks, _run, _wiring
@@ -296,7 +296,8 @@ class Engine:
     def _validate(self) -> dict[str, float] | None:
         self.eval()
         try:
-            stats = self.validation()
+            with user_code(type(self).__name__, "validation", self.global_step):
+                stats = self.validation()
         finally:
             self.train()
         if stats is None and self.config.early_stopping:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..configs import Config
+from ._user_code import user_code
 
 if TYPE_CHECKING:
     from ._problem import Problem
@@ -40,19 +41,23 @@ def resolve(problem: Problem, overrides_step: bool) -> None:
     owner, device, precision = problem.name, problem.device, problem.config.precision
     assert device is not None
     if problem.module is None:
-        problem.module = problem.configure_module()
+        with user_code(f"problem {owner!r}", "configure_module"):
+            problem.module = problem.configure_module()
     require(owner, "module", problem.module, nn.Module, "an nn.Module")
     check_trainable(owner, problem.module)
     moved = move_module(problem.module, device)
     if problem.optimizer is None:
-        problem.optimizer = problem.configure_optimizer()
+        with user_code(f"problem {owner!r}", "configure_optimizer"):
+            problem.optimizer = problem.configure_optimizer()
     require(owner, "optimizer", problem.optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
     check_optimizer_holds_parameters(owner, problem.module, problem.optimizer, device, moved)
     if problem.scheduler is None:
-        problem.scheduler = problem.configure_scheduler()
+        with user_code(f"problem {owner!r}", "configure_scheduler"):
+            problem.scheduler = problem.configure_scheduler()
     check_scheduler_optimizer(owner, problem.scheduler, problem.optimizer)
     if problem.train_data_loader is None:
-        problem.train_data_loader = problem.configure_train_data_loader()
+        with user_code(f"problem {owner!r}", "configure_train_data_loader"):
+            problem.train_data_loader = problem.configure_train_data_loader()
     check_custom_step(owner, overrides_step, precision)
     check_precision(owner, precision, device)
 

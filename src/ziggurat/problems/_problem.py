@@ -30,6 +30,7 @@ from ._params import ModuleParameters
 from ._precision import Precision, widen
 from ._runtime import HypergradientRecord, Runtime, resolve
 from ._total_gradient import total_gradient
+from ._user_code import user_code
 
 
 class Problem(BettyHelpers):
@@ -229,6 +230,11 @@ class Problem(BettyHelpers):
             raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
         return self._parameters.overwrite(new)
 
+    def _calling(self, hook: str) -> user_code:
+        """A context for calling this level's ``hook``: an exception raised in it gets a note
+        naming the level, the hook and the global step (see ``_user_code``)."""
+        return user_code(f"problem {self._name!r}", hook, self._clock.global_step)
+
     def initialize(self, engine: Runtime) -> None:
         """Resolve components, move to the device and validate; called by the engine."""
         if type(self).training_step is Problem.training_step:
@@ -245,7 +251,8 @@ class Problem(BettyHelpers):
         """The next batch from the loader(s), moved to the device."""
         batch, new_epoch = self._loaders.next()
         if new_epoch:
-            self.epoch_callback()
+            with self._calling("epoch_callback"):
+                self.epoch_callback()
         return to_device(batch, self.device)
 
     def autocast(self) -> Any:
@@ -256,9 +263,10 @@ class Problem(BettyHelpers):
         """``training_step(batch)``'s scalar loss (widened to fp32) and metrics, under this
         problem's autocast unless ``full_precision``; changes no state of the problem."""
         if full_precision:
-            out = self.training_step(batch)
+            with self._calling("training_step"):
+                out = self.training_step(batch)
         else:
-            with self._precision.autocast():
+            with self._precision.autocast(), self._calling("training_step"):
                 out = self.training_step(batch)
         loss, metrics = _output.split_output(out, self._name)
         return widen(loss), metrics
@@ -280,7 +288,8 @@ class Problem(BettyHelpers):
         if not all(self.ready.values()):
             return
         if self._clock.inner_loop_start:
-            self.on_inner_loop_start()
+            with self._calling("on_inner_loop_start"):
+                self.on_inner_loop_start()
             self.begin_inner_loop()
             self._clock.inner_loop_start = False
         if self._training:
@@ -398,7 +407,8 @@ class Problem(BettyHelpers):
         for k, p in params.items():
             g = grads[k].to(p.dtype)
             p.grad = g if p.grad is None else p.grad + g
-        self.grad_callback()
+        with self._calling("grad_callback"):
+            self.grad_callback()
         if not boundary:
             return
         precision, group = self._precision, self.runtime.distributed
@@ -410,8 +420,10 @@ class Problem(BettyHelpers):
         if precision.owns_step():  # fp16: the default step (an override is refused)
             precision.step(self.optimizer)  # skipped when the unscaled gradients are not finite
         else:
-            self.custom_optimizer_step()
-        self.param_callback()
+            with self._calling("custom_optimizer_step"):
+                self.custom_optimizer_step()
+        with self._calling("param_callback"):
+            self.param_callback()
         self.optimizer.zero_grad(set_to_none=True)
         group.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
