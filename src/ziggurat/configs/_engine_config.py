@@ -31,6 +31,11 @@ class EngineConfig:
     also write the scalars to that backend; ``"none"`` is silent. ``progress``: ``True`` draws a
     tqdm bar (step, rate, latest losses), ``False`` does not, ``None`` (the default) draws it
     when tqdm is installed and stderr is a terminal.
+    ``process_group_timeout`` (seconds, default 600, torch's default for NCCL): how long a rank
+    waits for the others when the engine creates the process group (a rank that never started
+    is an error naming torchrun after this long, not a silent 30-minute hang) and in every
+    collective after it; other ranks wait for rank 0's validation at a collective, so raise it
+    above the longest validation.
     Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
     """
 
@@ -51,6 +56,7 @@ class EngineConfig:
     checkpoint_step: int = 0
     resume: bool = False
     progress: bool | None = None
+    process_group_timeout: float = 600.0
 
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:
@@ -88,6 +94,7 @@ class EngineConfig:
             "EngineConfig early_stopping_tolerance", self.early_stopping_tolerance, 1
         )
         _checks.int_at_least("EngineConfig checkpoint_step", self.checkpoint_step, 0)
+        _checks.positive("EngineConfig process_group_timeout", self.process_group_timeout)
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(
                 f"EngineConfig progress must be True, False or None, got {self.progress!r}"

@@ -83,8 +83,9 @@ class Engine:
         self.graph = parse([p.name for p in self.problems], dependencies)
         _wiring.check_names(self, self.problems)
         self._check_strategy(self.graph)
+        cfg = self.config
         self.distributed = make_group(
-            self.config.strategy, self.config.backend, self._pick_device()
+            cfg.strategy, cfg.backend, self._pick_device(), cfg.process_group_timeout
         )
         self.device = self.distributed.device
         self._run = _run.RunServices(
