@@ -476,8 +476,19 @@ class Problem(BettyHelpers):
         """``ValueError`` unless ``state`` (this level's saved entry) fits this level."""
         _state.check_entry(self, state, where)
 
+    def data_state(self) -> list[dict[str, Any]]:
+        """Where each data loader stands: the ``loaders`` of :meth:`checkpoint_state`."""
+        return self._loaders.state()
+
+    def load_data_state(self, states: list[dict[str, Any]]) -> None:
+        """Continue the data loaders where a checked entry's ``loaders`` left them, or raise
+        ``ValueError`` with every loader where it was (one that ends before its saved position;
+        checked only now when it has no ``len``). Changes the global RNG state."""
+        self._loaders.load(states)
+
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Restore a checked entry, data loaders included (changes the global RNG state)."""
+        """Restore a checked entry but its data loaders' positions, which
+        :meth:`load_data_state` restores first (so a loader that got shorter changes nothing)."""
         _state.load_entry(self, state)
 
     def __repr__(self) -> str:
