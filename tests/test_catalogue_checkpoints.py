@@ -9,6 +9,12 @@ that the engine is unchanged.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -305,3 +311,210 @@ def test_unrolled_state_that_does_not_fit_is_refused_before_any_change(
         target.load(path)
     assert_same(tensors(target), before)
     assert target.global_step == 0
+
+
+# ------------------------------------------------------------------------- resume, directories
+RESUMES = """
+import os, sys
+from systems_program import build
+root = sys.argv[1]
+missing, empty, other = (os.path.join(root, n) for n in ("missing", "empty", "other"))
+build(3, checkpoint_dir=missing, checkpoint_step=3, resume=True).run()
+build(4, checkpoint_dir=missing, checkpoint_step=3, resume=True).run()
+os.mkdir(empty)
+build(2, checkpoint_dir=empty, resume=True).run()
+os.mkdir(other)
+open(os.path.join(other, "notes.txt"), "w").close()
+build(2, checkpoint_dir=other, resume=True).run()
+"""
+
+
+def test_resume_says_on_the_default_console_what_it_loaded_or_why_it_found_nothing(tmp_path):
+    """A new process with the default EngineConfig (console logger): the lines must reach
+    stderr, which they did not when resuming ran before the console handler existed."""
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
+    done = subprocess.run(
+        [sys.executable, "-c", RESUMES, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = [line.split("] ", 2)[1:] for line in done.stderr.splitlines() if "resume:" in line]
+    missing, empty, other = (tmp_path / n for n in ("missing", "empty", "other"))
+    assert lines == [
+        [
+            "[WARNING",
+            f"resume: no checkpoint in {missing} (the directory did not exist (it is created "
+            "now)); starting from scratch at global step 0",
+        ],
+        [
+            "[INFO",
+            f"resume: loaded {missing / 'step-000000003.pt'}, continuing at global step 3",
+        ],
+        [
+            "[WARNING",
+            f"resume: no checkpoint in {empty} (the directory is empty); starting from scratch "
+            "at global step 0",
+        ],
+        [
+            "[WARNING",
+            f"resume: no checkpoint in {other} (the directory holds no step-*.pt file (it holds "
+            "notes.txt)); starting from scratch at global step 0",
+        ],
+    ], done.stderr
+
+
+def test_resume_without_a_directory_is_refused_when_configured() -> None:
+    with pytest.raises(ValueError, match=r"EngineConfig resume=True needs checkpoint_dir"):
+        EngineConfig(resume=True)
+
+
+def test_the_directory_is_created_and_checked_when_the_run_starts(tmp_path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    engine = build(4, checkpoint_dir=str(tmp_path / "file" / "ckpt"), checkpoint_step=4)
+    with pytest.raises(
+        ValueError, match=r"EngineConfig checkpoint_dir='.*file/ckpt' cannot be created"
+    ):
+        engine.run()
+    assert engine.global_step == 0  # before the first step, not at the first save
+    later = tmp_path / "later"
+    build(2, checkpoint_dir=str(later), checkpoint_step=4).run()
+    assert later.is_dir() and list(later.iterdir()) == []  # no save yet; lock released
+
+
+def _lock(directory: Path, pid: int, host: str | None = None) -> None:
+    directory.mkdir(exist_ok=True)
+    owner = {"pid": pid, "host": host or socket.gethostname(), "started": "2026-01-01 00:00:00"}
+    (directory / ".ziggurat.lock").write_text(json.dumps(owner))
+
+
+def test_a_second_run_writing_the_same_directory_is_refused_naming_the_first(tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+
+    class Nested(type(build(1))):
+        def validation(self):  # while this run holds the directory, start another there
+            build(2, checkpoint_dir=str(ckpt), checkpoint_step=1).run()
+
+    first = build(2, checkpoint_dir=str(ckpt), checkpoint_step=1)
+    first.__class__ = Nested
+    first.config.valid_step = 1
+    with pytest.raises(
+        ValueError,
+        match=rf"checkpoint_dir='{ckpt}' is in use by another run \(process {os.getpid()} on "
+        rf"host '{socket.gethostname()}', started .*\): two runs writing one directory would "
+        r"overwrite and delete each other's checkpoints",
+    ):
+        first.run()
+    assert not (ckpt / ".ziggurat.lock").exists()  # the first run released it on its error
+
+
+@pytest.mark.parametrize("host", [None, "elsewhere"], ids=["live-process", "other-host"])
+def test_a_lock_of_a_live_process_or_another_host_is_respected(tmp_path, host) -> None:
+    ckpt = tmp_path / "ckpt"
+    _lock(ckpt, os.getppid(), host)
+    engine = build(3, checkpoint_dir=str(ckpt), checkpoint_step=3)
+    with pytest.raises(ValueError, match=rf"in use by another run \(process {os.getppid()} "):
+        engine.run()
+    assert engine.global_step == 0 and json.loads((ckpt / ".ziggurat.lock").read_text())
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ckpt = tmp_path / "ckpt"
+    _lock(ckpt, gone.pid)
+    with caplog.at_level("WARNING", logger="ziggurat"):
+        build(3, checkpoint_dir=str(ckpt), checkpoint_step=3).run()
+    assert (
+        f"checkpoint_dir {ckpt}: taking over the lock of process {gone.pid} (started "
+        "2026-01-01 00:00:00), which is no longer running" in caplog.text
+    )
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-000000003.pt"]
+
+
+def test_keep_last_deletes_older_checkpoints_but_never_the_new_one_or_other_files(
+    tmp_path,
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("notes.txt", "step-000000001.pt.bak", "best.pt"):
+        (ckpt / name).write_text("mine")
+    build(10, checkpoint_dir=str(ckpt), checkpoint_step=2, keep_last=2).run()
+    kept = ["best.pt", "notes.txt", "step-000000001.pt.bak", "step-000000008.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [*kept, "step-000000010.pt"]
+    (ckpt / "step-000000100.pt").write_bytes((ckpt / "step-000000010.pt").read_bytes())
+    build(2, checkpoint_dir=str(ckpt), checkpoint_step=2, keep_last=1).run()
+    assert sorted(p.name for p in ckpt.iterdir()) == [*kept[:3], "step-000000002.pt"]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"keep_last": 0, "checkpoint_step": 1}, r"keep_last must be an integer >= 1, got 0"),
+        ({"keep_last": 2.5, "checkpoint_step": 1}, r"keep_last must be an integer >= 1"),
+        ({"keep_last": 2}, r"keep_last=2 prunes periodic checkpoints, but checkpoint_step=0"),
+    ],
+)
+def test_keep_last_is_validated(tmp_path, options, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        EngineConfig(checkpoint_dir=str(tmp_path), **options)
+
+
+def test_a_fresh_run_beside_earlier_checkpoints_says_so(tmp_path, caplog) -> None:
+    ckpt = tmp_path / "ckpt"
+    build(3, checkpoint_dir=str(ckpt), checkpoint_step=3).run()
+    with caplog.at_level("WARNING", logger="ziggurat"):
+        build(2, checkpoint_dir=str(ckpt), checkpoint_step=3).run()
+    assert (
+        f"checkpoint_dir {ckpt} already holds 1 checkpoint(s), the latest step-000000003.pt, "
+        "and resume=False: this run starts from scratch" in caplog.text
+    )
+
+
+def _directory_worker(rank: int, world: int, init_file: str, ckpt: str, out: str) -> None:
+    """One rank: a DDP run with periodic checkpoints and ``keep_last=2``, then a run refused
+    because another process holds the directory (every rank must raise, none may wait)."""
+    import torch.distributed as dist
+
+    from _distributed_programs import build as build_program
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        options = {"checkpoint_dir": ckpt, "checkpoint_step": 1, "logger_type": "none"}
+        build_program("darts", rank, world, "ddp", train_iters=4, keep_last=2, **options).run()
+        dist.barrier()
+        if rank == 0:
+            _lock(Path(ckpt), os.getppid())  # the test process: alive, on this host
+        dist.barrier()
+        refused = ""
+        try:
+            build_program("darts", rank, world, "ddp", train_iters=4, **options).run()
+        except ValueError as error:
+            refused = str(error)
+        torch.save(refused, os.path.join(out, f"refused-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_under_data_parallelism_rank_zero_keeps_the_directory_and_every_rank_refuses(
+    tmp_path,
+) -> None:
+    import torch.multiprocessing as mp
+
+    ckpt = tmp_path / "ckpt"
+    mp.spawn(
+        _directory_worker,
+        args=(2, str(tmp_path / "init"), str(ckpt), str(tmp_path)),
+        nprocs=2,
+    )
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == [".ziggurat.lock", "step-000000003.pt", "step-000000004.pt"]
+    refused = [torch.load(tmp_path / f"refused-rank{r}.pt") for r in range(2)]
+    words = rf"checkpoint_dir='{ckpt}' is in use by another run \(process {os.getpid()} on host"
+    assert re.match(r"EngineConfig " + words, refused[0]), refused[0]
+    assert re.match(r"rank 0: EngineConfig " + words, refused[1]), refused[1]

@@ -31,6 +31,11 @@ class EngineConfig:
     also write the scalars to that backend; ``"none"`` is silent. ``progress``: ``True`` draws a
     tqdm bar (step, rate, latest losses), ``False`` does not, ``None`` (the default) draws it
     when tqdm is installed and stderr is a terminal.
+    ``checkpoint_step=N`` writes ``checkpoint_dir/step-<global step>.pt`` every ``N`` iterations;
+    ``resume=True`` continues from the highest step there (the console says what it loaded, or
+    why it found nothing); ``keep_last=K`` deletes all but the ``K`` newest ``step-*.pt`` files
+    after each save (``None`` keeps all). A run that writes to ``checkpoint_dir`` creates it and
+    holds a lock file in it from its start, so a second run writing there is refused.
     ``process_group_timeout`` (seconds, default 600, torch's default for NCCL): how long a rank
     waits for the others when the engine creates the process group (a rank that never started
     is an error naming torchrun after this long, not a silent 30-minute hang) and in every
@@ -57,6 +62,7 @@ class EngineConfig:
     resume: bool = False
     progress: bool | None = None
     process_group_timeout: float = 600.0
+    keep_last: int | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:
@@ -104,6 +110,19 @@ class EngineConfig:
                 f"EngineConfig checkpoint_step={self.checkpoint_step} needs checkpoint_dir (where "
                 "to write the checkpoints)"
             )
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError(
+                "EngineConfig resume=True needs checkpoint_dir (where to look for the latest "
+                "checkpoint)"
+            )
+        if self.keep_last is not None:
+            _checks.int_at_least("EngineConfig keep_last", self.keep_last, 1)
+            if self.checkpoint_step <= 0:
+                raise ValueError(
+                    f"EngineConfig keep_last={self.keep_last} prunes periodic checkpoints, but "
+                    "checkpoint_step=0 writes none; set checkpoint_step > 0 (and "
+                    "checkpoint_dir), or leave keep_last=None"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

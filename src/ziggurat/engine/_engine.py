@@ -210,10 +210,8 @@ class Engine:
         validates = type(self).validation is not Engine.validation
         _run.check_early_stopping(self.config, type(self).__name__, validates)
         self.train()
-        if self.config.resume:
-            self._run.resume()
         last = None
-        with self._run.session():
+        with self._run.session():  # resumes, with the console open to say what it loaded
             while self.global_step < self.config.train_iters and not self.stopped_early:
                 self.global_step += 1  # here, not in train_step: overrides need not count
                 self.train_step()
