@@ -392,3 +392,149 @@ def test_errors_ziggurat_raises_itself_get_no_note() -> None:
     ) as caught:
         Engine([level(NoLoss, "fit")], quiet(train_iters=1)).run()
     assert not getattr(caught.value, "__notes__", [])
+
+
+# ---------------------------------------------------------------------------------- losses
+def _returns(value):
+    """A level whose ``training_step`` returns ``value(self, batch)``."""
+    return type("Returns", (Fit,), {"training_step": lambda self, batch: value(self, batch)})
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "words"),
+    [
+        (
+            lambda s, b: s.module(b),
+            ValueError,
+            r"problem 'fit': training_step returned a loss of shape \(6, 1\); return a scalar",
+        ),
+        (
+            lambda s, b: 1.0,
+            TypeError,
+            r"problem 'fit': training_step must return a tensor or a dict with 'loss', got float",
+        ),
+        (lambda s, b: None, TypeError, r"must return a tensor or a dict with 'loss', got NoneTy"),
+        (
+            lambda s, b: {"accuracy": s.module(b).sum()},
+            ValueError,
+            r"returned a dict without 'loss' \(keys \['accuracy'\]\); add the loss under 'loss'",
+        ),
+        (
+            lambda s, b: {"loss": s.module(b).sum(), "grade": "high"},
+            TypeError,
+            r"problem 'fit': training_step returned the metric 'grade' = 'high', which is not a "
+            r"number",
+        ),
+        (
+            lambda s, b: s.module(b).sum().long(),
+            TypeError,
+            r"problem 'fit': training_step returned a loss of dtype torch.int64, which has no "
+            r"gradient",
+        ),
+    ],
+    ids=["not-scalar", "float", "none", "no-loss-key", "metric-text", "integer-loss"],
+)
+def test_losses_that_cannot_be_trained_on_are_refused_naming_the_level(value, error, words):
+    with pytest.raises(error, match=words):
+        Engine([level(_returns(value), "fit")], quiet(train_iters=1)).run()
+
+
+# ------------------------------------------------------------------------------------ data
+def _once():
+    yield X
+
+
+@pytest.mark.parametrize(
+    ("loader", "error", "words"),
+    [
+        ([], ValueError, r"problem 'fit': its train_data_loader is empty; give it at least one"),
+        (5, TypeError, r"'fit': train_data_loader must be iterable \(e.g. a DataLoader\), got int"),
+        (_once(), ValueError, r"yielded no batch in epoch 1; loaders must be re-iterable"),
+        (None, ValueError, r"problem 'fit' has no data: pass train_data_loader=, define confi"),
+    ],
+    ids=["empty", "not-iterable", "one-shot", "none"],
+)
+def test_data_a_level_cannot_cycle_through_is_refused(loader, error, words) -> None:
+    fit = level(Fit, "fit")
+    fit.train_data_loader = loader
+    with pytest.raises(error, match=words):
+        Engine([fit], quiet(train_iters=3)).run()
+
+
+# ------------------------------------------------------------------ names, options, components
+@pytest.mark.parametrize(
+    ("build", "error", "words"),
+    [
+        (lambda: level(Fit, "my-level"), ValueError, r"name must be a Python identifier, got 'm"),
+        (lambda: level(Fit, "train"), ValueError, r"problem name 'train' clashes with an attrib"),
+        (lambda: Fit("fit", config={"type": "cg"}), TypeError, r"config must be a Config, got d"),
+        (lambda: Config(type="cgg"), ValueError, r"Config type must be one of \['darts', 'sama'"),
+        (lambda: Config(unroll_steps=0), ValueError, r"unroll_steps must be an integer >= 1, go"),
+        (lambda: Config(precision="fp8"), ValueError, r"Config precision must be one of \['fp32"),
+        (lambda: Config(fp16="yes"), ValueError, r"Config fp16 must be True or False, got 'yes'"),
+        (lambda: Config(steps=2, frob=1), TypeError, r"Config got unknown option\(s\) \['frob'\]"),
+        (lambda: Config(darts_multitask=True), ValueError, r"darts_multitask=True is not suppo"),
+        (lambda: Config(type="reinforce"), ValueError, r"type='reinforce' is not a best-respon"),
+        (lambda: EngineConfig(strategy="tpu"), ValueError, r"strategy must be one of \['defau"),
+        (lambda: EngineConfig(logger_type="out"), ValueError, r"logger_type must be one of \['n"),
+        (lambda: EngineConfig(train_iters=-1), ValueError, r"train_iters must be an integer >="),
+        (lambda: EngineConfig(strategy="accelerate"), ValueError, r"'accelerate' is not suppor"),
+        (lambda: EngineConfig(checkpoint_step=3), ValueError, r"checkpoint_step=3 needs checkp"),
+        (lambda: EngineConfig(valid_step=1.5), ValueError, r"valid_step must be an integer, got"),
+        (lambda: Engine([level(Fit, "fit")], {}), TypeError, r"config must be an EngineConfig"),
+    ],
+    ids=[
+        "name-identifier",
+        "name-clash",
+        "config-dict",
+        "config-type",
+        "unroll",
+        "precision",
+        "fp16-string",
+        "unknown-option",
+        "multitask",
+        "reinforce",
+        "strategy",
+        "logger",
+        "train-iters",
+        "accelerate",
+        "checkpoint-step",
+        "valid-step",
+        "engine-config-dict",
+    ],
+)
+def test_names_and_options_are_checked_where_they_enter(build, error, words) -> None:
+    with pytest.raises(error, match=words):
+        build()
+
+
+def test_components_of_the_wrong_kind_are_refused_naming_the_level_and_the_hook() -> None:
+    module = linear()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    cases = [
+        (Fit("fit", module="lin", optimizer=optimizer), TypeError, r"got str as its module; ex"),
+        (Fit("fit", module=module, optimizer="sgd"), TypeError, r"got str as its optimizer; e"),
+        (Fit("fit", module=module), ValueError, r" has no optimizer: pass optimizer= or define"),
+        (Fit("fit"), ValueError, r" has no module: pass module= or define configure_module\(\)"),
+    ]
+    for fit, error, words in cases:
+        fit.train_data_loader = [X]
+        with pytest.raises(error, match=r"problem 'fit'.*" + words):
+            Engine([fit], quiet(train_iters=1))
+
+
+def test_a_dependency_on_an_unknown_level_and_a_cycle_are_refused_at_construction() -> None:
+    fit = level(Fit, "fit")
+    with pytest.raises(ValueError, match=r"u2l\['fit'\] names problem 'ghost', which is not in"):
+        Engine([fit], quiet(train_iters=1), {"u2l": {"fit": ["ghost"]}})
+    up, low = level(Upper, "upper"), level(Lower, "lower")
+    with pytest.raises(ValueError, match=r"cycle: (upper -> lower -> upper|lower -> upper -> l)"):
+        Engine([up, low], quiet(), {"l2u": {"lower": ["upper"], "upper": ["lower"]}})
+
+
+def test_early_stopping_without_validation_is_refused_before_any_step() -> None:
+    fit = level(Fit, "fit")
+    engine = Engine([fit], quiet(train_iters=2, early_stopping=True))
+    with pytest.raises(ValueError, match=r"early_stopping=True .* valid_step=0 disables valida"):
+        engine.run()
+    assert fit.count == 0

@@ -19,7 +19,7 @@ def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, float]]:
                 f"problem {owner!r}: training_step returned a dict without 'loss' "
                 f"(keys {sorted(out)}); add the loss under 'loss'"
             )
-        metrics = {k: as_float(v) for k, v in out.items() if k != "loss"}
+        metrics = {k: _metric(owner, k, v) for k, v in out.items() if k != "loss"}
         out = out["loss"]
     if not isinstance(out, Tensor):
         raise TypeError(
@@ -31,7 +31,23 @@ def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, float]]:
             f"problem {owner!r}: training_step returned a loss of shape "
             f"{tuple(out.shape)}; return a scalar (e.g. loss.mean())"
         )
+    if not out.is_floating_point():
+        raise TypeError(
+            f"problem {owner!r}: training_step returned a loss of dtype {out.dtype}, which "
+            "has no gradient; compute the loss in floating point (e.g. loss.float())"
+        )
     return out.reshape(()), metrics
+
+
+def _metric(owner: str, key: str, value: Any) -> float:
+    """A metric beside the loss as a float, or an error naming it."""
+    try:
+        return as_float(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"problem {owner!r}: training_step returned the metric {key!r} = {value!r}, "
+            f"which is not a number ({error}); return numbers or tensors beside 'loss'"
+        ) from None
 
 
 def check_finite(loss: float, owner: str, global_step: int, count: int) -> None:
