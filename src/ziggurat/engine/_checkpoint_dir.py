@@ -163,6 +163,20 @@ class CheckpointDirectory:
                 os.unlink(path)
         return doomed
 
+    def warn_earlier_checkpoints(self) -> None:
+        """A run that does not resume, writing beside earlier checkpoints, says so."""
+        found = _checkpoint_files.checkpoints(self.directory)
+        if found:
+            log.warning(
+                "checkpoint_dir %s already holds %d checkpoint(s), the latest %s, and "
+                "resume=False: this run starts from scratch and writes beside them (a later "
+                "resume=True takes the highest step); pass resume=True to continue, or give "
+                "another checkpoint_dir",
+                self.directory,
+                len(found),
+                os.path.basename(found[-1][1]),
+            )
+
     def describe_empty(self) -> str:
         """Why :func:`_checkpoint_files.latest_checkpoint` found nothing, for the resume line."""
         if not self.existed:

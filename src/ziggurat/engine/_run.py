@@ -115,7 +115,7 @@ class RunServices:
             except ValueError as caught:
                 error = caught
             if error is None and not cfg.resume:
-                _warn_earlier_checkpoints(cfg.checkpoint_dir)
+                checkpoints.warn_earlier_checkpoints()
         failed = self.group.broadcast_object(None if error is None else str(error))
         if error is not None:
             raise error
@@ -136,17 +136,17 @@ class RunServices:
     def resume(self) -> None:
         """Continue from the latest checkpoint in ``checkpoint_dir``, if there is one; say on
         the console (rank 0) what was loaded, or that nothing was and why."""
-        directory = self.config.checkpoint_dir
-        assert directory and (self._checkpoints is not None or not self.group.is_main)
         found = None
         if self.group.is_main:
-            remove_stale_temp_files(directory)
-            found = _checkpoint_files.latest_checkpoint(directory)
+            checkpoints = self._checkpoints
+            assert checkpoints is not None  # taken by session() before resuming
+            remove_stale_temp_files(checkpoints.directory)
+            found = _checkpoint_files.latest_checkpoint(checkpoints.directory)
             if found is None:
                 log.warning(
                     "resume: no checkpoint in %s (%s); starting from scratch at global step 0",
-                    directory,
-                    self._checkpoints.describe_empty() if self._checkpoints else "",
+                    checkpoints.directory,
+                    checkpoints.describe_empty(),
                 )
         # rank 0 picks, so every rank loads the same file
         path = self.group.broadcast_object(found)
@@ -195,20 +195,6 @@ def remove_stale_temp_files(directory: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             log.info("resume: removed %s, left by an interrupted checkpoint save", path)
-
-
-def _warn_earlier_checkpoints(directory: str) -> None:
-    """A run that does not resume, writing beside another run's checkpoints."""
-    found = _checkpoint_files.checkpoints(directory)
-    if found:
-        log.warning(
-            "checkpoint_dir %s already holds %d checkpoint(s), the latest %s, and resume=False: "
-            "this run starts from scratch and writes beside them (a later resume=True takes the "
-            "highest step); pass resume=True to continue, or give another checkpoint_dir",
-            directory,
-            len(found),
-            os.path.basename(found[-1][1]),
-        )
 
 
 def _wants_progress(setting: bool | None) -> bool:
