@@ -518,3 +518,10 @@ def test_under_data_parallelism_rank_zero_keeps_the_directory_and_every_rank_ref
     words = rf"checkpoint_dir='{ckpt}' is in use by another run \(process {os.getpid()} on host"
     assert re.match(r"EngineConfig " + words, refused[0]), refused[0]
     assert re.match(r"rank 0: EngineConfig " + words, refused[1]), refused[1]
+
+
+def test_the_keys_the_entry_check_requires_are_the_keys_a_level_writes() -> None:
+    from ziggurat.problems._state import ENTRY_KEYS
+
+    engine = build(2)
+    assert [list(p.checkpoint_state()) for p in engine.problems] == [list(ENTRY_KEYS)] * 2
