@@ -382,6 +382,20 @@ def test_an_error_in_a_hop_names_the_lower_level_and_an_unrolled_callback_its_le
     ]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="notes need Python 3.11")
+def test_an_error_in_an_environment_s_initialize_names_it() -> None:
+    from ziggurat.envs import Env
+
+    class Tasks(Env):
+        initialize = _fail
+
+    with pytest.raises(UserError) as caught:
+        Engine([level(Fit, "fit")], quiet(train_iters=1), env=Tasks())
+    assert caught.value.__notes__ == [
+        "ziggurat: raised in Tasks, initialize(), while the engine was built"
+    ]
+
+
 def test_errors_ziggurat_raises_itself_get_no_note() -> None:
     class NoLoss(Fit):
         def training_step(self, batch):

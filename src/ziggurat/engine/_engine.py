@@ -128,7 +128,8 @@ class Engine:
         if isinstance(self.env, Env):
             self.env.engine = self
             self.env.configure_device(self.device)
-            self.env.initialize()
+            with user_code(type(self.env).__name__, "initialize"):
+                self.env.initialize()
 
     def set_dependency(self, dependencies: Mapping[str, Any]) -> None:
         """Replace the dependencies of a constructed (or running) program.
