@@ -145,7 +145,9 @@ def test_set_dependency_is_refused_inside_an_inner_loop(config, busy_after, free
     prog.low1 = make(type(prog.low1), "low1", torch.zeros(4, dtype=D), **config)
     problems = [prog.up, prog.low1, prog.low2]
     engine = Engine(problems, EngineConfig(train_iters=busy_after, valid_step=0), prog.deps("low1"))
-    engine.run()
+    for step in range(1, busy_after + 1):  # run() refuses a run in which 'up' never steps
+        engine.global_step = step
+        engine.train_step()
     with pytest.raises(RuntimeError, match=rf"'low1' \(local step {busy_after}\).*inner loop"):
         engine.set_dependency(prog.deps("low2"))
     assert [names(p) for p in prog.up.paths] == [["up", "low1", "up"]]  # unchanged

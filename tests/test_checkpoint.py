@@ -110,7 +110,7 @@ def test_damaged_or_foreign_checkpoint_is_rejected_without_changes(tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
 
-    target = build(1)
+    target = build(2)  # 2 iterations: the upper level steps once (unroll_steps=2)
     target.run()
     before = tensors(target)
     with pytest.raises(ValueError, match="truncated or corrupt"):
@@ -128,7 +128,7 @@ def test_damaged_or_foreign_checkpoint_is_rejected_without_changes(tmp_path):
     with pytest.raises(ValueError, match="different program"):
         target.load(str(tmp_path / "names.pt"))
     assert_same(tensors(target), before)
-    assert target.global_step == 1
+    assert target.global_step == 2
     shutil.copy(good, tmp_path / "copy.pt")
     target.load(str(tmp_path / "copy.pt"))
     assert target.global_step == 3

@@ -38,6 +38,16 @@ class EngineConfig:
     window's losses, gradients and hypergradients are finite and its solves converged, and
     raises before any parameter or optimizer state changes; on a GPU that is one host sync per
     update. ``False`` skips the checks (no sync; a NaN then shows at the next logging step).
+    ``checkpoint_step=N`` writes ``checkpoint_dir/step-<global step>.pt`` every ``N`` iterations;
+    ``resume=True`` continues from the highest step there (the console says what it loaded, or
+    why it found nothing); ``keep_last=K`` deletes all but the ``K`` newest ``step-*.pt`` files
+    after each save (``None`` keeps all). A run that writes to ``checkpoint_dir`` creates it and
+    holds a lock file in it from its start, so a second run writing there is refused.
+    ``process_group_timeout`` (seconds, default 600, torch's default for NCCL): how long a rank
+    waits for the others when the engine creates the process group (a rank that never started
+    is an error naming torchrun after this long, not a silent 30-minute hang) and in every
+    collective after it; other ranks wait for rank 0's validation at a collective, so raise it
+    above the longest validation.
     Legacy keywords: ``distributed=True`` means ``strategy="ddp"``.
     """
 
@@ -59,6 +69,8 @@ class EngineConfig:
     resume: bool = False
     progress: bool | None = None
     check_finite: bool = True
+    process_group_timeout: float = 600.0
+    keep_last: int | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         if "distributed" in kwargs:
@@ -96,6 +108,7 @@ class EngineConfig:
             "EngineConfig early_stopping_tolerance", self.early_stopping_tolerance, 1
         )
         _checks.int_at_least("EngineConfig checkpoint_step", self.checkpoint_step, 0)
+        _checks.positive("EngineConfig process_group_timeout", self.process_group_timeout)
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(
                 f"EngineConfig progress must be True, False or None, got {self.progress!r}"
@@ -105,6 +118,19 @@ class EngineConfig:
                 f"EngineConfig checkpoint_step={self.checkpoint_step} needs checkpoint_dir (where "
                 "to write the checkpoints)"
             )
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError(
+                "EngineConfig resume=True needs checkpoint_dir (where to look for the latest "
+                "checkpoint)"
+            )
+        if self.keep_last is not None:
+            _checks.int_at_least("EngineConfig keep_last", self.keep_last, 1)
+            if self.checkpoint_step <= 0:
+                raise ValueError(
+                    f"EngineConfig keep_last={self.keep_last} prunes periodic checkpoints, but "
+                    "checkpoint_step=0 writes none; set checkpoint_step > 0 (and "
+                    "checkpoint_dir), or leave keep_last=None"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,10 @@ class Config:
 
     ``type`` (or an explicit ``hypergradient`` method object, which takes precedence) selects
     the method used when *this* problem is the lower level of a hop, as in Betty. The
-    method-specific fields (``darts_alpha``, ``neumann_*``, ``cg_*``, ``sama_*``) configure it.
+    method-specific fields (``darts_alpha``, ``neumann_*``, ``cg_*``, ``sama_*``) configure it;
+    passing one that the chosen method does not read (``Config(cg_iterations=50)`` without
+    ``type="cg"`` runs DARTS) is a ``UserWarning`` naming the options and the types that read
+    them (a warning, not an error: Betty programs may set options of several methods).
 
     ``hypergradient_batches=B`` (a ziggurat option; default 1) averages the lower loss of those
     hops over more data: the batches of the last accumulation window (the last batch, without
@@ -136,6 +140,7 @@ class Config:
                 kwargs.setdefault(new, convert(kwargs.pop(old)))
         assign(self, kwargs)
         self.validate()
+        _warn_unused(self, kwargs)
 
     def validate(self) -> None:
         check_flags(self)
@@ -187,6 +192,51 @@ class Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hypergradient"] = None if self.hypergradient is None else repr(self.hypergradient)
         return out
+
+
+def _readers() -> dict[str, tuple[str, ...]]:
+    """Each method-specific field, and the ``type`` values whose method reads it."""
+    out: dict[str, list[str]] = {}
+    for kind, options in METHOD_OPTIONS.items():
+        for field in options.values():
+            out.setdefault(field, []).append(kind)
+    return {field: tuple(kinds) for field, kinds in out.items()}
+
+
+READERS = _readers()
+"""Method-specific ``Config`` fields and the ``type`` values that read them. Not listed:
+``cg_alpha`` (Betty's, never read, as documented on :class:`Config`) and ``curvature``, a
+constraint ("ordinary backward passes only") that the first-order types meet already."""
+
+
+def _warn_unused(config: Config, given: Iterable[str]) -> None:
+    """A ``UserWarning`` for method options passed explicitly that the chosen method never
+    reads (``Config(cg_iterations=50)`` runs DARTS). Betty programs may set options of other
+    methods, so this warns instead of refusing."""
+    explicit = config.hypergradient is not None
+    unused = sorted(
+        f for f in given if f in READERS and (explicit or config.type not in READERS[f])
+    )
+    if not unused:
+        return
+    if explicit:  # it takes precedence over type=, as documented
+        warnings.warn(
+            f"Config options {unused} have no effect: the explicit hypergradient="
+            f"{config.hypergradient!r} is used instead; give these settings to the method "
+            "object, or drop them",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    default = "" if "type" in given else " (the default)"
+    readers = ", ".join(f"{f} by type=" + " or ".join(repr(k) for k in READERS[f]) for f in unused)
+    warnings.warn(
+        f"Config options {unused} have no effect: this Config has type={config.type!r}{default}"
+        f", and they are read only by other methods ({readers}); set type=... to use them, or "
+        "drop them",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_first_order_options(config: Config) -> None:

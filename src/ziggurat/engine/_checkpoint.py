@@ -102,6 +102,24 @@ def check_compatible(problems: Sequence[Problem], state: Any, path: str) -> None
         problem.check_checkpoint_state(state["problems"][problem.name], where)
 
 
+def _load_data(problems: Sequence[Problem], positions: dict[str, Any]) -> None:
+    """Every level's data loaders first, or none: a loader without ``len`` that got shorter
+    than its saved position is found only now, and then every loader and the RNG state are put
+    back before the ``ValueError`` propagates, so the engine is left as it was."""
+    rng = _rng.capture()
+    before = {p.name: p.data_state() for p in problems}
+    loaded: list[Problem] = []
+    try:
+        for problem in problems:
+            problem.load_data_state(positions[problem.name])
+            loaded.append(problem)
+    except ValueError:
+        for problem in loaded:
+            problem.load_data_state(before[problem.name])
+        _rng.restore(rng)
+        raise
+
+
 def load_engine_state(
     problems: Sequence[Problem], group: Group, state: dict[str, Any]
 ) -> dict[str, Any]:
@@ -112,8 +130,10 @@ def load_engine_state(
     :func:`own_rank`).
     """
     state = own_rank(state, group.rank, group.world_size)
+    entries = state["problems"]
+    _load_data(problems, {p.name: entries[p.name]["loaders"] for p in problems})
     for problem in problems:
-        problem.load_checkpoint_state(state["problems"][problem.name])
+        problem.load_checkpoint_state(entries[problem.name])
     _rng.restore(state["rng"])
     run: dict[str, Any] = state["engine"]
     return run

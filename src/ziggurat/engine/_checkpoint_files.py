@@ -23,12 +23,19 @@ def checkpoint_path(directory: str, step: int) -> str:
     return os.path.join(directory, f"step-{step:09d}.pt")
 
 
+def checkpoints(directory: str) -> list[tuple[int, str]]:
+    """Every complete checkpoint in ``directory`` (``step-*.pt``; temp files ignored) as
+    ``(step, path)``, lowest step first."""
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), f) for f in os.listdir(directory) if (m := _NAME.match(f))]
+    return [(step, os.path.join(directory, f)) for step, f in sorted(found)]
+
+
 def latest_checkpoint(directory: str) -> str | None:
     """The complete checkpoint with the highest step in ``directory`` (temp files ignored)."""
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(m.group(1)) for f in os.listdir(directory) if (m := _NAME.match(f))]
-    return checkpoint_path(directory, max(steps)) if steps else None
+    found = checkpoints(directory)
+    return found[-1][1] if found else None
 
 
 def stale_temp_files(directory: str) -> list[str]:

@@ -12,10 +12,10 @@ from .._values import as_float
 from ..configs import EngineConfig
 from ..envs import Env
 from ..logging import BoundLogger, LoggerBase
-from ..problems import HypergradientRecord, Problem, resolve
+from ..problems import HypergradientRecord, Problem, resolve, user_code
 from ..systems import Group, make_group
 from ..utils import log_from_loss_dict
-from . import _checkpoint, _compat, _prepare, _run, _wiring
+from . import _checkpoint, _compat, _prepare, _program_checks, _run, _wiring
 from ._graph import Graph, parse
 
 log = logging.getLogger("ziggurat")
@@ -61,6 +61,15 @@ class Engine:
     ) -> None:
         if config is not None and not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+        if isinstance(problems, Problem):
+            raise TypeError(
+                f"problems must be a list of Problem instances, got the single problem "
+                f"{problems.name!r}; pass problems=[{problems.name}]"
+            )
+        if not problems:
+            raise ValueError(
+                "Engine got no problems: pass problems=[...] with every level of the program"
+            )
         for p in problems:
             if not isinstance(p, Problem):
                 raise TypeError(f"problems must be Problem instances, got {type(p).__name__}")
@@ -74,8 +83,9 @@ class Engine:
         self.graph = parse([p.name for p in self.problems], dependencies)
         _wiring.check_names(self, self.problems)
         self._check_strategy(self.graph)
+        cfg = self.config
         self.distributed = make_group(
-            self.config.strategy, self.config.backend, self._pick_device()
+            cfg.strategy, cfg.backend, self._pick_device(), cfg.process_group_timeout
         )
         self.device = self.distributed.device
         self._run = _run.RunServices(
@@ -109,6 +119,7 @@ class Engine:
         for p in self.problems:
             p.initialize(self)
         _compat.check_problems(self.problems)
+        _program_checks.check_disjoint_parameters(self.problems)
         # attributes the problems set while initialising may shadow a name too
         _wiring.check_names(self, self.problems)
         # unrolled levels keep a graph that several backward passes traverse
@@ -117,7 +128,8 @@ class Engine:
         if isinstance(self.env, Env):
             self.env.engine = self
             self.env.configure_device(self.device)
-            self.env.initialize()
+            with user_code(type(self.env).__name__, "initialize"):
+                self.env.initialize()
 
     def set_dependency(self, dependencies: Mapping[str, Any]) -> None:
         """Replace the dependencies of a constructed (or running) program.
@@ -191,15 +203,21 @@ class Engine:
         return resolve(self, item, "Engine")
 
     def run(self) -> dict[str, float] | None:
-        """Train for ``train_iters`` iterations; returns the last validation dict, if any."""
+        """Train for ``train_iters`` iterations; returns the last validation dict, if any.
+
+        Raises:
+            ValueError: a level would never step in ``train_iters`` iterations (its lower
+                levels would not finish an inner loop: ``unroll_steps`` larger than
+                ``train_iters``, say), before any step; to advance a program by fewer
+                iterations, call :meth:`train_step` after increasing ``global_step``.
+        """
         _run.check_plateau_schedulers(self.config, self.problems)
+        _program_checks.check_every_level_steps(self.graph, self.problems, self.config.train_iters)
         validates = type(self).validation is not Engine.validation
         _run.check_early_stopping(self.config, type(self).__name__, validates)
         self.train()
-        if self.config.resume:
-            self._run.resume()
         last = None
-        with self._run.session():
+        with self._run.session():  # resumes, with the console open to say what it loaded
             while self.global_step < self.config.train_iters and not self.stopped_early:
                 self.global_step += 1  # here, not in train_step: overrides need not count
                 self.train_step()
@@ -285,7 +303,8 @@ class Engine:
     def _validate(self) -> dict[str, float] | None:
         self.eval()
         try:
-            stats = self.validation()
+            with user_code(type(self).__name__, "validation", self.global_step):
+                stats = self.validation()
         finally:
             self.train()
         if stats is None and self.config.early_stopping:

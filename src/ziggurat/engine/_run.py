@@ -1,5 +1,5 @@
-"""Services around the engine's loop: metric logging, the progress bar, periodic checkpoints,
-resuming, and metric-driven schedulers."""
+"""Services around the engine's loop: metric logging, the progress bar, periodic checkpoints
+(the directory, its lock and retention), resuming, and metric-driven schedulers."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ..problems import HypergradientRecord, Problem
 from ..systems import Group
 from ..utils import log_from_loss_dict
 from . import _checkpoint_files
+from ._checkpoint_dir import CheckpointDirectory
 
 log = logging.getLogger("ziggurat")
 
@@ -50,6 +51,7 @@ class RunServices:
         self._progress: Progress | None = None
         self._described: dict[str, list[str]] = {}  # methods last sent to the backend
         self.run_name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
+        self._checkpoints: CheckpointDirectory | None = None  # held while a run writes there
 
     def logger(self) -> MetricLogger:
         """The metrics backend; under data parallelism only rank 0 writes (others: none).
@@ -82,18 +84,47 @@ class RunServices:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Open the logger and progress bar for one ``Engine.run``; close both afterwards."""
+        """One ``Engine.run``: open the logger (so the console shows what follows), take the
+        checkpoint directory, resume if asked, open the progress bar; release all afterwards."""
         cfg = self.config
         self.logger()
-        if _wants_progress(cfg.progress) and self.group.is_main:
-            self._progress = Progress(cfg.train_iters, self.global_step())
         try:
+            self._open_checkpoints()
+            if cfg.resume:
+                self.resume()
+            if _wants_progress(cfg.progress) and self.group.is_main:
+                self._progress = Progress(cfg.train_iters, self.global_step())
             yield
         finally:
             if self._progress is not None:
                 self._progress.close()
                 self._progress = None
+            if self._checkpoints is not None:
+                self._checkpoints.close()
+                self._checkpoints = None
             self.close_logger()
+
+    def _open_checkpoints(self) -> None:
+        """Create, check and lock ``checkpoint_dir`` when this run writes there (periodic
+        checkpoints or ``resume=True``): on rank 0, which tells every rank whether it failed."""
+        cfg = self.config
+        if not cfg.checkpoint_dir or not (cfg.checkpoint_step > 0 or cfg.resume):
+            return
+        error: ValueError | None = None
+        if self.group.is_main:
+            checkpoints = CheckpointDirectory(cfg.checkpoint_dir, cfg.keep_last)
+            try:
+                checkpoints.open()
+                self._checkpoints = checkpoints
+            except ValueError as caught:
+                error = caught
+            if error is None and not cfg.resume:
+                checkpoints.warn_earlier_checkpoints()
+        failed = self.group.broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise ValueError(f"rank 0: {failed}")
 
     def after_step(self) -> None:
         step = self.global_step()
@@ -101,22 +132,33 @@ class RunServices:
             self._progress.update({p.name: p.last_loss for p in self.problems})
         every, directory = self.config.checkpoint_step, self.config.checkpoint_dir
         if directory and every > 0 and step % every == 0:
-            self.save(_checkpoint_files.checkpoint_path(directory, step))
+            path = _checkpoint_files.checkpoint_path(directory, step)
+            self.save(path)
+            if self._checkpoints is not None:  # rank 0
+                self._checkpoints.prune(path)
 
     def resume(self) -> None:
-        """Continue from the latest checkpoint in ``checkpoint_dir``, if there is one."""
-        directory = self.config.checkpoint_dir
-        if not directory:
-            raise ValueError("EngineConfig resume=True needs checkpoint_dir")
+        """Continue from the latest checkpoint in ``checkpoint_dir``, if there is one; say on
+        the console (rank 0) what was loaded, or that nothing was and why."""
+        found = None
         if self.group.is_main:
-            remove_stale_temp_files(directory)
+            checkpoints = self._checkpoints
+            assert checkpoints is not None  # taken by session() before resuming
+            remove_stale_temp_files(checkpoints.directory)
+            found = _checkpoint_files.latest_checkpoint(checkpoints.directory)
+            if found is None:
+                log.warning(
+                    "resume: no checkpoint in %s (%s); starting from scratch at global step 0",
+                    checkpoints.directory,
+                    checkpoints.describe_empty(),
+                )
         # rank 0 picks, so every rank loads the same file
-        path = self.group.broadcast_object(_checkpoint_files.latest_checkpoint(directory))
+        path = self.group.broadcast_object(found)
         if path is None:
-            log.info("resume: no checkpoint in %s; starting from scratch", directory)
             return
         self.load(path)
-        log.info("resumed from %s at global step %d", path, self.global_step())
+        if self.group.is_main:
+            log.info("resume: loaded %s, continuing at global step %d", path, self.global_step())
 
     def log_hypergradient(self, record: HypergradientRecord) -> None:
         console = record.console and self.group.is_main

@@ -175,6 +175,8 @@ def supernet_config(method: str) -> Config:
     """
     if method == "darts_xi":
         return Config(hypergradient=darts(FD_RADIUS, scale=LR_WEIGHTS))
+    if method == "first_order":
+        return Config(type=method)
     return Config(type=method, darts_alpha=FD_RADIUS)
 
 

@@ -31,6 +31,7 @@ from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
 METHODS = ("cg", "neumann", "darts", "sama")
+_METHOD_OPTIONS = {"cg": {"cg_iterations": 3}, "neumann": {"neumann_iterations": 3}}
 NOISE = 0.4
 TRAIN_SIZE, META_PER_CLASS, TEST_SIZE, BATCH = 4000, 10, 2000, 100
 
@@ -162,7 +163,7 @@ def run(
         module=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
         train_data_loader=Batches(*train, batch_size=BATCH, seed=seed),
-        config=Config(type=method, cg_iterations=3, neumann_iterations=3),
+        config=Config(type=method, **_METHOD_OPTIONS.get(method, {})),
     )
     curve = run_bilevel(
         reweight,

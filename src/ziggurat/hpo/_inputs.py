@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+import torch
 from torch import Tensor
+
+from ..hypergradient import Method
 
 Batch = tuple[Tensor, Tensor]
 """``(inputs, targets)``."""
@@ -49,3 +53,36 @@ def require_callable(name: str, value: object, optional: bool = False) -> None:
     if (value is None and optional) or callable(value):
         return
     raise ValueError(f"HyperModel {name} must be callable, got {value!r}")
+
+
+def check_method(name: str, method: object) -> None:
+    """``method`` must be ``None`` (the default) or a hypergradient method object."""
+    if method is None or isinstance(method, Method):
+        return
+    raise ValueError(
+        f"{name} method must be a hypergradient method object such as "
+        "ziggurat.hypergradient.cg(50, 1e-10) (from_name('cg') builds one from a name), or "
+        f"None for the default, got {method!r}"
+    )
+
+
+def build_optimizer(
+    name: str, factory: Callable[[Iterable[Tensor]], Any], tensors: Sequence[Tensor], what: str
+) -> torch.optim.Optimizer:
+    """``factory(tensors)``, which must be a ``torch.optim.Optimizer`` holding exactly
+    ``tensors`` (``what`` names them): one over other tensors would never move them."""
+    if not callable(factory):
+        raise ValueError(f"fit {name} must be callable (tensors -> optimizer), got {factory!r}")
+    optimizer = factory(tensors)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(
+            f"fit {name} must return a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    held = {id(t) for g in optimizer.param_groups for t in g["params"]}
+    if held != {id(t) for t in tensors}:
+        raise ValueError(
+            f"fit {name} returned an optimizer over other tensors than {what} (it holds "
+            f"{len(held)} tensor(s), {sum(id(t) in held for t in tensors)} of the "
+            f"{len(tensors)} given); build it from the tensors it is passed"
+        )
+    return optimizer

@@ -20,7 +20,14 @@ from .. import _checks, _rng, _tree
 from .._types import Params
 from ..hypergradient import HopInfo, Method, cg
 from ._history import History
-from ._inputs import Batch, check_batch, check_hyper, require_callable
+from ._inputs import (
+    Batch,
+    build_optimizer,
+    check_batch,
+    check_hyper,
+    check_method,
+    require_callable,
+)
 from ._progress import progress_steps
 
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
@@ -113,6 +120,7 @@ class HyperModel:
         calls draw fresh seeds, and a fixed global seed makes them reproducible.
         """
         train, val = check_batch("train", train), check_batch("val", val)
+        check_method("hypergradient", method)
         method = cg(50, 1e-10) if method is None else method
         w, lam = self.params(), _tree.detach(self.hyper)
         w_ = _tree.leaves(w)
@@ -188,13 +196,14 @@ class HyperModel:
         _checks.int_at_least("fit outer_steps", outer_steps, 1)
         _checks.int_at_least("fit inner_steps", inner_steps, 1)
         _checks.positive("fit hyper_lr", hyper_lr)
+        check_method("fit", method)
         trainable = [p for p in self.module.parameters() if p.requires_grad]
-        inner_opt = inner_optimizer(trainable)
+        inner_opt = build_optimizer("inner_optimizer", inner_optimizer, trainable, "the module's")
         hypers = list(self.hyper.values())
         outer_opt = (
             torch.optim.Adam(hypers, lr=hyper_lr)
             if hyper_optimizer is None
-            else hyper_optimizer(hypers)
+            else build_optimizer("hyper_optimizer", hyper_optimizer, hypers, "HyperModel.hyper")
         )
         history = History()
         steps = progress_steps(

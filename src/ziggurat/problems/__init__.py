@@ -13,3 +13,4 @@ from ._runtime import HypergradientRecord as HypergradientRecord
 from ._runtime import Level as Level
 from ._runtime import Runtime as Runtime
 from ._runtime import resolve as resolve
+from ._user_code import user_code as user_code

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..configs import Config
+from ._user_code import user_code
 
 if TYPE_CHECKING:
     from ._problem import Problem
@@ -39,17 +41,23 @@ def resolve(problem: Problem, overrides_step: bool) -> None:
     owner, device, precision = problem.name, problem.device, problem.config.precision
     assert device is not None
     if problem.module is None:
-        problem.module = problem.configure_module()
+        with user_code(f"problem {owner!r}", "configure_module"):
+            problem.module = problem.configure_module()
     require(owner, "module", problem.module, nn.Module, "an nn.Module")
+    check_trainable(owner, problem.module)
     moved = move_module(problem.module, device)
     if problem.optimizer is None:
-        problem.optimizer = problem.configure_optimizer()
+        with user_code(f"problem {owner!r}", "configure_optimizer"):
+            problem.optimizer = problem.configure_optimizer()
     require(owner, "optimizer", problem.optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
     check_optimizer_holds_parameters(owner, problem.module, problem.optimizer, device, moved)
     if problem.scheduler is None:
-        problem.scheduler = problem.configure_scheduler()
+        with user_code(f"problem {owner!r}", "configure_scheduler"):
+            problem.scheduler = problem.configure_scheduler()
+    check_scheduler_optimizer(owner, problem.scheduler, problem.optimizer)
     if problem.train_data_loader is None:
-        problem.train_data_loader = problem.configure_train_data_loader()
+        with user_code(f"problem {owner!r}", "configure_train_data_loader"):
+            problem.train_data_loader = problem.configure_train_data_loader()
     check_custom_step(owner, overrides_step, precision)
     check_precision(owner, precision, device)
 
@@ -65,6 +73,40 @@ def require(owner: str, what: str, value: Any, kind: type, kind_name: str) -> No
             f"problem {owner!r}: got {type(value).__name__} as its {what}; expected "
             f"{kind_name} (from {what}= or configure_{what}())"
         )
+
+
+def check_trainable(owner: str, module: nn.Module) -> None:
+    """A level trains its module's parameters with ``requires_grad=True``: it needs one."""
+    if any(p.requires_grad for p in module.parameters()):
+        return
+    count = sum(1 for _ in module.parameters())
+    held = f"has {count} parameter(s), none with requires_grad=True" if count else "has none"
+    raise ValueError(
+        f"problem {owner!r} has no trainable parameter: its module ({type(module).__name__}) "
+        f"{held}, so the level would never change. Give it a trainable parameter, or drop the "
+        "level and call the fixed function from the training_step of the level that reads it"
+    )
+
+
+def check_scheduler_optimizer(owner: str, scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
+    """A scheduler changes the learning rates of the optimizer it was built on; built on
+    another one, the level's learning rate would never change.
+
+    Betty rebuilt every scheduler over its rebuilt optimizer by reflection; ziggurat uses the
+    user's optimizer and scheduler as given, so it refuses the pairing instead of repairing it
+    (a scheduler's base learning rates come from the optimizer it was built on). Chained
+    schedulers (``SequentialLR``, ``ChainedScheduler``) check their parts share one optimizer,
+    which they expose as theirs; a scheduler of another kind is not checked.
+    """
+    if not isinstance(scheduler, LRScheduler) or scheduler.optimizer is optimizer:
+        return
+    raise ValueError(
+        f"problem {owner!r}: its scheduler ({type(scheduler).__name__}) was built on another "
+        f"optimizer ({type(scheduler.optimizer).__name__}) than the level's "
+        f"({type(optimizer).__name__}), so the level's learning rate would never change. "
+        "Build the scheduler on the level's optimizer: in configure_scheduler() use "
+        "self.optimizer, or pass the same optimizer object as optimizer= and to the scheduler"
+    )
 
 
 def move_module(module: nn.Module, device: torch.device) -> bool:

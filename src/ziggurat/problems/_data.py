@@ -9,6 +9,16 @@ import torch
 
 from .._tree import to_device as to_device
 
+_END = object()
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    """Batches per epoch, or ``None`` for a loader without ``len`` (an iterable dataset)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
 
 class CyclingLoader:
     """Endless iteration over a re-iterable loader; counts epochs and batches served.
@@ -90,10 +100,31 @@ class CyclingLoader:
         """Epoch, position and the RNG states the current epoch's order was drawn from."""
         return {"epoch": self.epoch, "position": self.position, "rng": self._epoch_rng}
 
+    def check_state(self, state: dict[str, Any], where: str) -> None:
+        """``ValueError`` unless :meth:`load_state_dict` can restore ``state``: the loader
+        still has ``position`` batches per epoch (where it has a ``len``) and draws from as
+        many generators. Without ``len``, a loader that got shorter is found while loading."""
+        position, length = int(state["position"]), _length(self.loader)
+        if length is not None and position > length:
+            raise ValueError(
+                f"{where}: saved after batch {position} of epoch {state['epoch']}, but the "
+                f"loader now has {length} batch(es) per epoch; resume with the data (dataset "
+                "size, batch_size, drop_last) the checkpoint was saved with"
+            )
+        rng = state["rng"]
+        if rng is not None and len(rng["generators"]) != len(self._generators()):
+            raise ValueError(
+                f"{where}: the loader drew its order from {len(rng['generators'])} "
+                f"torch.Generator(s) when saved and from {len(self._generators())} now; give "
+                "the DataLoader (or its sampler) the generator it was saved with"
+            )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where ``state`` left off: replay the epoch's RNG, skip ``position`` batches.
 
-        Changes the global torch RNG state; the caller restores it afterwards.
+        Changes the global torch RNG state; the caller restores it afterwards. Raises
+        ``ValueError`` when the loader ends before ``position`` (it got shorter), leaving the
+        loader at the start of the saved epoch (see :meth:`Loaders.load`, which puts it back).
         """
         self.epoch, self.position, self._it = int(state["epoch"]), 0, None
         rng = state["rng"]
@@ -101,15 +132,20 @@ class CyclingLoader:
             return
         self._set_epoch()
         torch.set_rng_state(rng["torch"])
-        gens = self._generators()
-        if len(gens) != len(rng["generators"]):
-            raise ValueError(f"problem {self.owner!r}: the data loader's generators changed")
-        for gen, saved in zip(gens, rng["generators"], strict=True):
+        for gen, saved in zip(self._generators(), rng["generators"], strict=True):
             gen.set_state(saved)
         self._it = self._start_epoch()
-        for _ in range(int(state["position"])):
-            next(self._it)
-        self.position = int(state["position"])
+        position = int(state["position"])
+        for served in range(position):
+            if next(self._it, _END) is _END:
+                self._it = None
+                raise ValueError(
+                    f"problem {self.owner!r}: the checkpoint's data loader was saved after "
+                    f"batch {position} of epoch {self.epoch}, but the loader now ends after "
+                    f"{served} batch(es); resume with the data (dataset size, batch_size, "
+                    "drop_last) the checkpoint was saved with"
+                )
+        self.position = position
 
 
 class Loaders:
@@ -146,7 +182,26 @@ class Loaders:
     def state(self) -> list[dict[str, Any]]:
         return [ld.state_dict() for ld in self.loaders]
 
+    def check(self, states: Sequence[dict[str, Any]], where: str) -> None:
+        """``ValueError`` unless :meth:`load` can restore ``states`` (see
+        :meth:`CyclingLoader.check_state`)."""
+        if len(states) != len(self.loaders):
+            raise ValueError(
+                f"{where}: saved with {len(states)} data loader(s), this level has "
+                f"{len(self.loaders)}; give it the loaders the checkpoint was saved with"
+            )
+        for i, (loader, state) in enumerate(zip(self.loaders, states, strict=True)):
+            loader.check_state(state, f"{where}, data loader {i}")
+
     def load(self, states: Sequence[dict[str, Any]]) -> None:
-        """Continue every loader where ``states`` left it (changes the global RNG state)."""
-        for loader, state in zip(self.loaders, states, strict=True):
-            loader.load_state_dict(state)
+        """Continue every loader where ``states`` left it, or none: a loader that ends before
+        its saved position (checked only while loading when it has no ``len``) raises
+        ``ValueError`` with every loader back where it was. Changes the global RNG state."""
+        before = self.state()
+        for i, (loader, state) in enumerate(zip(self.loaders, states, strict=True)):
+            try:
+                loader.load_state_dict(state)
+            except ValueError:
+                for undo, saved in zip(self.loaders[: i + 1], before, strict=False):
+                    undo.load_state_dict(saved)
+                raise

@@ -194,7 +194,8 @@ class IterativeProblem(Problem):
     def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:
         """Accumulate, then at a boundary clip (differentiably) and take one unrolled step."""
         self._pending = grads if self._pending is None else _tree.add(self._pending, grads)
-        self.grad_callback()
+        with self._calling("grad_callback"):
+            self.grad_callback()
         if not boundary:
             return
         assert self._fopt is not None and self._opt_state is not None
@@ -207,7 +208,8 @@ class IterativeProblem(Problem):
             self._params, self._opt_state = self._fopt.step(self._params, clipped, self._opt_state)
         self._pending = None
         self._sync_module()
-        self.param_callback()
+        with self._calling("param_callback"):
+            self.param_callback()
 
     def _clip(self, grads: Params) -> Params:
         if self.config.gradient_clipping > 0:

@@ -39,6 +39,11 @@ def split_output(out: Any, owner: str) -> tuple[Tensor, dict[str, Metric]]:
             f"problem {owner!r}: training_step returned a loss of shape "
             f"{tuple(out.shape)}; return a scalar (e.g. loss.mean())"
         )
+    if not out.is_floating_point():
+        raise TypeError(
+            f"problem {owner!r}: training_step returned a loss of dtype {out.dtype}, which "
+            "has no gradient; compute the loss in floating point (e.g. loss.float())"
+        )
     return out.reshape(()), metrics
 
 
@@ -49,8 +54,8 @@ def _metric(value: Any, owner: str, key: str) -> Metric:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(
-            f"problem {owner!r}: training_step returned {key!r}: {value!r}; metrics must be "
-            "numbers or tensors"
+            f"problem {owner!r}: training_step returned the metric {key!r} = {value!r}, "
+            "which is not a number; return numbers or tensors beside 'loss'"
         ) from None
 
 

@@ -38,6 +38,7 @@ from ._precision import Precision, widen
 from ._reparametrize import substituted_parameters
 from ._runtime import Runtime, resolve
 from ._total_gradient import total_gradient
+from ._user_code import user_code
 
 
 class Problem(Hooks, BettyHelpers):
@@ -206,6 +207,11 @@ class Problem(Hooks, BettyHelpers):
             raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
         return self._parameters.overwrite(new)
 
+    def _calling(self, hook: str) -> user_code:
+        """A context for calling this level's ``hook``: an exception raised in it gets a note
+        naming the level, the hook and the global step (see ``_user_code``)."""
+        return user_code(f"problem {self._name!r}", hook, self._clock.global_step)
+
     def initialize(self, engine: Runtime) -> None:
         """Resolve components, move to the device and validate; called by the engine."""
         if type(self).training_step is Problem.training_step:
@@ -223,7 +229,8 @@ class Problem(Hooks, BettyHelpers):
         """The next batch from the loader(s), moved to the device."""
         batch, new_epoch = self._loaders.next()
         if new_epoch:
-            self.epoch_callback()
+            with self._calling("epoch_callback"):
+                self.epoch_callback()
         return to_device(batch, self.device)
 
     def autocast(self) -> Any:
@@ -248,8 +255,9 @@ class Problem(Hooks, BettyHelpers):
             pairs = module_substitutions(engine.problems) if engine.has_unrolled else []
         with substituted_parameters(pairs) if pairs else contextlib.nullcontext():
             if full_precision:
-                return self.training_step(batch)
-            with self._precision.autocast():
+                with self._calling("training_step"):
+                    return self.training_step(batch)
+            with self._precision.autocast(), self._calling("training_step"):
                 return self.training_step(batch)
 
     def module_substitution(self) -> tuple[nn.Module, Params] | None:
@@ -274,7 +282,8 @@ class Problem(Hooks, BettyHelpers):
         if not all(self.ready.values()):
             return
         if self._clock.inner_loop_start:
-            self.on_inner_loop_start()
+            with self._calling("on_inner_loop_start"):
+                self.on_inner_loop_start()
             self.begin_inner_loop()
             self._clock.inner_loop_start = False
         if self._training:
@@ -409,7 +418,8 @@ class Problem(Hooks, BettyHelpers):
             p = params[k]
             g = g if g.dtype == p.dtype else g.to(p.dtype)
             p.grad = g if p.grad is None else p.grad + g
-        self.grad_callback()
+        with self._calling("grad_callback"):
+            self.grad_callback()
         if not boundary:
             return
         if not any(p.grad is not None for p in params.values()):
@@ -428,8 +438,10 @@ class Problem(Hooks, BettyHelpers):
         if precision.owns_step():  # fp16: the default step (an override is refused)
             precision.step(self.optimizer)  # skipped when the unscaled gradients are not finite
         else:
-            self.custom_optimizer_step()
-        self.param_callback()
+            with self._calling("custom_optimizer_step"):
+                self.custom_optimizer_step()
+        with self._calling("param_callback"):
+            self.param_callback()
         self.optimizer.zero_grad(set_to_none=True)
         group.sync_buffers(self.module)
         if self.scheduler is not None and step_scheduler and steps_per_update(self.scheduler):
@@ -464,8 +476,19 @@ class Problem(Hooks, BettyHelpers):
         """``ValueError`` unless ``state`` (this level's saved entry) fits this level."""
         _state.check_entry(self, state, where)
 
+    def data_state(self) -> list[dict[str, Any]]:
+        """Where each data loader stands: the ``loaders`` of :meth:`checkpoint_state`."""
+        return self._loaders.state()
+
+    def load_data_state(self, states: list[dict[str, Any]]) -> None:
+        """Continue the data loaders where a checked entry's ``loaders`` left them, or raise
+        ``ValueError`` with every loader where it was (one that ends before its saved position;
+        checked only now when it has no ``len``). Changes the global RNG state."""
+        self._loaders.load(states)
+
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Restore a checked entry, data loaders included (changes the global RNG state)."""
+        """Restore a checked entry but its data loaders' positions, which
+        :meth:`load_data_state` restores first (so a loader that got shorter changes nothing)."""
         _state.load_entry(self, state)
 
     def __repr__(self) -> str:

@@ -107,7 +107,71 @@ def check_module(where: str, saved: dict[str, Any], module: nn.Module) -> None:
         diff = sorted(
             k for k in saved_shapes.keys() | live.keys() if saved_shapes.get(k) != live.get(k)
         )
-        raise ValueError(f"{where}: parameter names or shapes differ ({diff[:5]})")
+        shown = ", ".join(f"{k}: saved {saved_shapes.get(k)}, now {live.get(k)}" for k in diff[:5])
+        raise ValueError(
+            f"{where}: parameter names or shapes differ ({diff[:5]}; {shown}); build the "
+            "module the checkpoint was saved with"
+        )
+
+
+def check_tree(where: str, what: str, saved: dict[str, Any], params: Params) -> None:
+    """``saved`` (gradients, a warm start, unrolled parameters) must name some of ``params``,
+    each with its shape: loading it would otherwise fail, or break the next step, after the
+    engine had changed."""
+    unknown = sorted(set(saved) - set(params))
+    if unknown:
+        raise ValueError(
+            f"{where}: the saved {what} name tensors this level does not have ({unknown[:5]}; "
+            f"it has {sorted(params)[:5]}); build the module the checkpoint was saved with"
+        )
+    wrong = [
+        f"{k}: saved {tuple(t.shape)}, now {tuple(params[k].shape)}"
+        for k, t in saved.items()
+        if isinstance(t, Tensor) and tuple(t.shape) != tuple(params[k].shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{where}: the saved {what} have other shapes than this level's parameters "
+            f"({'; '.join(wrong[:5])}); build the module the checkpoint was saved with"
+        )
+
+
+def check_hop_memory(where: str, state: dict[str, Any], params: Params) -> None:
+    """Gradients of the open window and of the last update, and each hop's warm start."""
+    check_tree(where, "gradients", state["grads"], params)
+    if state["last_grads"] is not None:
+        check_tree(where, "last-update gradients", state["last_grads"], params)
+    for key, start in state["warm_starts"]:
+        check_tree(where, f"warm start of hop {tuple(key)}", start, params)
+
+
+def check_iterative(where: str, saved: dict[str, Any] | None, params: Params) -> None:
+    """An ``IterativeProblem``'s unrolled state: exactly its parameters, with their shapes."""
+    if saved is None:
+        return
+    names = sorted(saved["params"])
+    if names != sorted(params):
+        raise ValueError(
+            f"{where}: the saved unrolled parameters {names[:5]} are not this level's "
+            f"{sorted(params)[:5]}; build the module the checkpoint was saved with"
+        )
+    check_tree(where, "unrolled parameters", saved["params"], params)
+    for buffer, tree in saved["opt_buffers"].items():
+        check_tree(where, f"optimizer buffers {buffer!r}", tree, params)
+    if saved["pending"] is not None:
+        check_tree(where, "pending gradients", saved["pending"], params)
+
+
+def check_window(where: str, state: dict[str, Any], accumulation: int) -> None:
+    """An open accumulation window continues only under the accumulation it was saved with
+    (its gradients were divided by that count)."""
+    saved = state["config"]["gradient_accumulation"]
+    if state["window"] and saved != accumulation:
+        raise ValueError(
+            f"{where}: saved inside a gradient-accumulation window ({len(state['window'])} of "
+            f"{saved} batches), this level has gradient_accumulation={accumulation}; resume "
+            f"with gradient_accumulation={saved}, or from a checkpoint at an update boundary"
+        )
 
 
 def check_groups(where: str, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
@@ -173,21 +237,52 @@ def rank_entries(problem: Problem) -> dict[str, Any]:
     }
 
 
+ENTRY_KEYS = (
+    "kind",
+    "layout",
+    "module",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "count",
+    "global_step",
+    "ready",
+    "inner_loop_start",
+    "last_grads",
+    "cache",
+    "warm_starts",
+    "config",
+    "iterative",
+    *RANK_KEYS,
+)
+"""The keys of a level's entry (format version 2)."""
+
+
 def check_entry(problem: Problem, state: dict[str, Any], where: str) -> None:
-    """``ValueError`` unless ``state`` fits ``problem``, before anything changes."""
+    """``ValueError`` unless ``state`` fits ``problem``, before anything changes: every
+    mismatch that loading it would hit, or that would break the next step."""
+    missing = [k for k in ENTRY_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{where}: the entry lacks {missing}; it is damaged or hand-edited")
     if state["kind"] != type(problem).__name__:
         raise ValueError(f"{where}: saved as {state['kind']}, now {type(problem).__name__}")
     check_module(where, state["module"], problem.module)
     live = layout(problem.optimizer, problem._own_optimizer(), problem.scheduler)
     check_layout(where, state["layout"], live)
     check_groups(where, state["optimizer"], problem.optimizer)
-    if len(state["loaders"]) != len(problem._loaders):
-        raise ValueError(f"{where}: number of data loaders differs")
+    problem._loaders.check(state["loaders"], where)
     check_lowers(where, sorted(state["ready"]), sorted(c.name for c in problem.children))
+    params = problem.named_trainable_parameters()
+    check_hop_memory(where, state, params)
+    if state["cache"] is not None:
+        check_module(f"{where}, roll-back cache", state["cache"]["module"], problem.module)
+    check_iterative(where, state["iterative"], params)
+    check_window(where, state, problem.config.gradient_accumulation)
 
 
 def load_entry(problem: Problem, state: dict[str, Any]) -> None:
-    """Restore a checked entry, data loaders included (changes the global RNG state)."""
+    """Restore a checked entry, except its data loaders' positions (``Problem.load_data_state``
+    restores those first, so that a loader which cannot reach its position changes nothing)."""
     state = {
         k: v if k in ("module", "optimizer") else to_device(v, problem.device)
         for k, v in state.items()
@@ -206,4 +301,3 @@ def load_entry(problem: Problem, state: dict[str, Any]) -> None:
     problem._cache = state["cache"]
     for k, p in problem.named_trainable_parameters().items():
         p.grad = state["grads"][k].clone() if k in state["grads"] else None
-    problem._loaders.load(state["loaders"])

@@ -9,6 +9,7 @@ the single-process path has no distributed branches. Nothing here knows about pr
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from collections.abc import Iterable
@@ -89,19 +90,21 @@ class SingleProcess(Group):
 class DataParallelGroup(Group):
     """Data parallelism over the default process group.
 
-    Initialises the group when it is not yet (``init_method="env://"``, as set by ``torchrun``),
-    with ``backend`` or, by default, ``nccl`` when CUDA is available and ``gloo`` otherwise. The
-    device is ``cuda:LOCAL_RANK`` with CUDA and the CPU without. ``comm_seconds`` accumulates
-    the wall time spent in the all-reduces of gradient trees (for benchmarks).
+    Initialises the group when it is not yet (``init_method="env://"``, from the variables
+    ``torchrun`` sets: :data:`LAUNCH_VARIABLES`), with ``backend`` or, by default, ``nccl`` when
+    CUDA is available and ``gloo`` otherwise; ``timeout`` (seconds) bounds the wait for the other
+    ranks there and in every collective. The device is ``cuda:LOCAL_RANK`` with CUDA and the CPU
+    without. ``comm_seconds`` accumulates the wall time spent in the all-reduces of gradient
+    trees (for benchmarks).
     """
 
-    def __init__(self, strategy: str, backend: str | None) -> None:
+    def __init__(self, strategy: str, backend: str | None, timeout: float = 600.0) -> None:
         cuda = torch.cuda.is_available()
         if not dist.is_available():
             raise ValueError(f"strategy={strategy!r} needs torch.distributed, which is unavailable")
         self.owns_group = not dist.is_initialized()
         if self.owns_group:
-            dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"))
+            init_from_launcher(strategy, backend or ("nccl" if cuda else "gloo"), timeout)
         self.strategy = strategy
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
@@ -220,11 +223,50 @@ class ShardedDataParallel(DataParallelGroup):
         super().average_grads(p for p in params if not is_sharded(p))
 
 
-def make_group(strategy: str, backend: str | None, device: torch.device) -> Group:
-    """The strategy object for ``EngineConfig(strategy=..., backend=...)``."""
+def make_group(
+    strategy: str, backend: str | None, device: torch.device, timeout: float = 600.0
+) -> Group:
+    """The strategy object for ``EngineConfig(strategy=..., backend=...,
+    process_group_timeout=...)``."""
     prepare_torch_distributed(strategy)  # before the group below exists
     if strategy == "fsdp":
-        return ShardedDataParallel(strategy, backend)
+        return ShardedDataParallel(strategy, backend, timeout)
     if strategy in DISTRIBUTED_STRATEGIES:
-        return DataParallelGroup(strategy, backend)
+        return DataParallelGroup(strategy, backend, timeout)
     return SingleProcess(device)
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What ``init_method="env://"`` reads; ``torchrun`` sets them for every process it starts."""
+
+
+def init_from_launcher(strategy: str, backend: str, timeout: float) -> None:
+    """``init_process_group`` from the launcher's environment, waiting at most ``timeout``
+    seconds for the other ranks.
+
+    Raises:
+        ValueError: the launcher's variables are missing (plain ``python``), naming torchrun.
+        RuntimeError: the ranks did not meet within ``timeout`` (a rank that never started,
+            an unreachable ``MASTER_ADDR:MASTER_PORT``).
+    """
+    missing = [v for v in LAUNCH_VARIABLES if not os.environ.get(v)]
+    if missing:
+        raise ValueError(
+            f"EngineConfig strategy={strategy!r} runs one process per rank, started by a "
+            f"launcher, but the environment lacks {missing}, which the launcher sets. Start "
+            "the script with `torchrun --nproc_per_node=N your_script.py` (N processes on this "
+            "machine), or initialise the process group yourself (torch.distributed."
+            "init_process_group with any init_method) before building the Engine"
+        )
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    rank, world = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    except RuntimeError as error:  # DistStoreError, DistNetworkError: a rank did not come
+        raise RuntimeError(
+            f"EngineConfig strategy={strategy!r}: rank {rank} of {world} could not form the "
+            f"process group at {where} within process_group_timeout={timeout:g} s ({error}). "
+            "Every rank must be started, e.g. by `torchrun --nproc_per_node=N "
+            "your_script.py`, and reach MASTER_ADDR:MASTER_PORT; EngineConfig "
+            "process_group_timeout sets how long to wait"
+        ) from error
