@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .. import _tree
+from .._second_order import DoubleBackwardError, translated
 from .._types import Params
 from ..hypergradient import Hop, fold
+from ._double_backward import hop_error, unrolled_error
 from ._functional import pure_mean_loss
 from ._hops import HopKey
 
@@ -39,23 +41,36 @@ def _first_lowers(problem: Problem) -> list[Problem]:
 def _direct(
     problem: Problem, loss: Tensor, firsts: list[Problem]
 ) -> tuple[Params, dict[str, Params]]:
-    """One backward pass: gradients on the problem's own parameters and on each first lower's."""
+    """One backward pass: gradients on the problem's own parameters and on each first lower's.
+
+    Where it runs through the unrolled steps of ``IterativeProblem`` levels (a second-order
+    product), an operation of theirs without a double backward is a ``ValueError`` that names
+    them.
+    """
     groups = [problem.named_trainable_parameters()] + [
         p.named_trainable_parameters() for p in firsts
     ]
     inputs = [t for g in groups for t in g.values()]
-    if any(p.sharded for p in (problem, *firsts)):
-        raw: tuple[Tensor | None, ...] = _backward(problem, loss, inputs)
-    else:
-        retain = problem.runtime.has_unrolled
-        raw = (
-            torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
-            if inputs
-            else ()
-        )
+    try:
+        with translated("the backward pass through unrolled steps"):
+            raw = _pass(problem, loss, firsts, inputs)
+    except DoubleBackwardError as err:
+        unrolled = {p[1].name for p in problem.paths if p[1].hop_method().follows_trajectory}
+        raise unrolled_error(sorted(unrolled), problem.name, err) from err
     filled = iter(torch.zeros_like(t) if g is None else g for g, t in zip(raw, inputs, strict=True))
     trees = [{k: next(filled) for k in g} for g in groups]
     return trees[0], {p.name: t for p, t in zip(firsts, trees[1:], strict=True)}
+
+
+def _pass(
+    problem: Problem, loss: Tensor, firsts: list[Problem], inputs: list[Tensor]
+) -> tuple[Tensor | None, ...]:
+    if any(p.sharded for p in (problem, *firsts)):
+        return _backward(problem, loss, inputs)
+    if not inputs:
+        return ()
+    retain = problem.runtime.has_unrolled
+    return torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
 
 
 def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
@@ -128,7 +143,12 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         if path[1].name not in cotangents:
             continue  # the direct gradient went through the first lower's trajectory
         hops, keys = _hops(problem, index, path)
-        contribution, infos = fold(hops, cotangents[path[1].name])
+        try:
+            contribution, infos = fold(hops, cotangents[path[1].name])
+        except DoubleBackwardError as err:
+            j = 1 if err.hop is None else err.hop + 1
+            lower, upper = path[j], path[j + 1]
+            raise hop_error(lower.name, upper.name, hops[j - 1].method.name, err) from err
         total = _tree.add(total, contribution)
         hyper = contribution if hyper is None else _tree.add(hyper, contribution)
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
