@@ -188,7 +188,7 @@ def _norm(a: Params) -> Tensor:
     """``||a||`` as a 0-dim tensor in the accumulation dtype of ``a``'s first leaf (no sync)."""
     first = next(iter(a.values()))
     acc = accumulation_dtype(first.dtype)
-    norms = [torch.linalg.vector_norm(t, dtype=acc) for t in a.values()]
+    norms = [_tree.whole(torch.linalg.vector_norm(t, dtype=acc)) for t in a.values()]
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -249,10 +249,9 @@ def central_difference(
 
 NOT_CONNECTED = (
     "the inner loss does not depend on the lower parameters w through autograd, so its gradient "
-    "in w (which finite-difference curvature and the penalty method take) is not available. "
-    "An FSDP2-sharded level (EngineConfig(strategy='fsdp')) evaluates its pure loss on values "
-    "copied into the shards without autograd, so these methods do not run there yet: use "
-    "strategy='ddp' (or 'zero'), or darts, sama or first_order on the sharded level"
+    "in w (which finite-difference curvature and the penalty method take) is not available; "
+    "an inner loss must evaluate the model at the w it is given (e.g. through "
+    "torch.func.functional_call), not at parameters of its own"
 )
 
 

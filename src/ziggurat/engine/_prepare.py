@@ -3,13 +3,17 @@ parameters (ZeRO, FSDP2), and the checks that refuse what a strategy cannot run.
 
 Which levels ``strategy="fsdp"`` shards: every *leaf* (a level with no lower levels). A leaf is
 never the upper level of a hop, so no hypergradient needs derivatives with respect to its
-parameters through a pure loss, and its own hop method (when it has upper levels) must need
-only first-order autograd: second-order autograd does not pass through sharded parameters.
-Levels above the leaves are replicated, as under ``strategy="ddp"``, and may use any method.
-What changes for a sharded level: its module is ``fully_shard``-ed as one unit and its
-optimizer rebuilt over the shards with the same class and options (schedulers re-pointed);
-gradients reach it through ``loss.backward()`` and are averaged by FSDP2's reduce-scatter;
-pure evaluations overwrite its parameter values in place (``Problem.swap_params``).
+parameters through another level's pure loss, and its own hop method (when it has upper
+levels) must need only first-order autograd (``Method.first_order_only``): second-order
+autograd does not pass through sharded parameters. Every such method runs there: darts,
+sama, first_order, the penalty method and the implicit solvers with finite-difference
+products, which take gradients of the level's pure loss in its own (sharded) parameters
+(``problems._sharded_loss``). Levels above the leaves are replicated, as under
+``strategy="ddp"``, and may use any method. What changes for a sharded level: its module is
+``fully_shard``-ed as one unit and its optimizer rebuilt over the shards with the same class
+and options (schedulers re-pointed); gradients reach it through ``loss.backward()`` and are
+averaged by FSDP2's reduce-scatter; pure evaluations overwrite its parameter values in place
+(``Problem.swap_params``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..configs import first_order_choices
 from ..problems import Problem
 from ..systems import DISTRIBUTED_STRATEGIES, Group
 from ..systems import fsdp as _fsdp
@@ -69,9 +74,7 @@ def _check_shardable_method(p: Problem) -> None:
         "second-order autograd (Hessian-vector or double-backward mixed products), but "
         "strategy='fsdp' shards its parameters with FSDP2 (fully_shard) and second-order "
         "autograd does not pass through sharded parameters. Use a method that needs only "
-        "first-order autograd on this level: Config(type='darts'), 'sama' or 'first_order', "
-        "or any ziggurat.hypergradient.Method whose first_order_only is True; or use "
-        "strategy='ddp'"
+        f"first-order autograd on this level: {first_order_choices()}; or use strategy='ddp'"
     )
 
 

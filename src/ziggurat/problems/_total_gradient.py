@@ -23,6 +23,7 @@ from ..hypergradient import Hop, fold
 from ._double_backward import hop_error, unrolled_error
 from ._functional import pure_mean_loss
 from ._hops import HopKey
+from ._sharded_loss import backward_keeping_grads, differentiable_in_shards
 
 if TYPE_CHECKING:
     from ._problem import Problem
@@ -74,26 +75,13 @@ def _pass(
 
 
 def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
-    """Gradients of ``loss`` on ``inputs`` by ``loss.backward()``, leaving every ``.grad`` as
-    it was.
+    """Gradients of ``loss`` on ``inputs`` by ``loss.backward()`` (FSDP2 delivers a sharded
+    parameter's gradient only through ``.grad``), leaving every ``.grad`` as it was."""
+    return backward_keeping_grads(loss, inputs, _program_parameters(problem))
 
-    FSDP2 delivers a sharded parameter's gradient only through ``.grad`` (its reduce-scatter
-    runs in backward hooks; ``torch.autograd.grad`` never sees the sharded tensors). The
-    gradients already held by every problem's parameters (an open accumulation window) are
-    set aside for the pass and put back after it, so the one place that writes gradients
-    stays :meth:`Problem._apply_gradients`.
-    """
-    held = {id(t): t for p in problem.runtime.problems for t in p.trainable_parameters()}
-    held.update({id(t): t for t in inputs})
-    saved = {key: t.grad for key, t in held.items()}
-    for t in held.values():
-        t.grad = None
-    try:
-        loss.backward()
-        return tuple(t.grad for t in inputs)
-    finally:
-        for key, t in held.items():
-            t.grad = saved[key]
+
+def _program_parameters(problem: Problem) -> list[Tensor]:
+    return [t for p in problem.runtime.problems for t in p.trainable_parameters()]
 
 
 def hop_batches(lower: Problem) -> list[Any]:
@@ -118,6 +106,8 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         inner = pure_mean_loss(
             lower, upper, hop_batches(lower), full_precision=method.finite_differences
         )
+        if lower.sharded:  # its pure loss writes w into the shards: connect its gradient
+            inner = differentiable_in_shards(inner, lower, lambda: _program_parameters(problem))
         # data-parallel ranks: global-batch products
         method = problem.runtime.distributed.wrap_method(method)
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
