@@ -25,6 +25,7 @@ from _distributed_programs import (
 )
 from ziggurat import Engine
 from ziggurat.configs import Config, EngineConfig
+from ziggurat.hypergradient import FiniteDifference, MixedFiniteDifference, stochastic
 from ziggurat.problems import ImplicitProblem, IterativeProblem
 
 WORLD = 2
@@ -244,6 +245,17 @@ def test_fsdp_rejects_second_order_methods_before_sharding(kind: str) -> None:
     ) as info:
         _second_order_program("fsdp", Config(type=kind))
     assert "'penalty'" in str(info.value) and "curvature='finite_difference'" in str(info.value)
+    assert not dist.is_initialized()
+
+
+def test_fsdp_rejects_a_first_order_method_that_evaluates_its_own_loss() -> None:
+    """stochastic with products from gradients is first-order, but its mini-batch loss is its
+    own, which cannot evaluate sharded parameters (only the level's pure loss writes them)."""
+    fd = {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()}
+    method = stochastic(lambda w, lam, batch: w["weight"].sum(), lambda: None, **fd)
+    assert method.first_order_only and not method.evaluates_inner
+    with pytest.raises(ValueError, match=r"problem 'low'.*a loss of its own.*strategy='ddp'"):
+        _second_order_program("fsdp", Config(hypergradient=method))
     assert not dist.is_initialized()
 
 

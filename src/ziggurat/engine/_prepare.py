@@ -67,6 +67,14 @@ def _check_unrolled(strategy: str, p: Problem) -> None:
 
 def _check_shardable_method(p: Problem) -> None:
     method = p.hop_method()
+    if method.first_order_only and not method.evaluates_inner:
+        raise ValueError(
+            f"problem {p.name!r} uses the hypergradient method {method.name!r}, which evaluates "
+            "a loss of its own instead of the level's pure loss, but strategy='fsdp' shards "
+            "this level's parameters with FSDP2 and only the pure loss knows how to evaluate "
+            "them. Use a method that evaluates the pure loss (for more data per hop, "
+            "Config(hypergradient_batches=B)), or strategy='ddp'"
+        )
     if method.first_order_only:
         return
     raise ValueError(

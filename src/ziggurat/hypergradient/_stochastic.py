@@ -119,6 +119,10 @@ class Stochastic(Method):
         return self.solver.warm_starts
 
     @property
+    def evaluates_inner(self) -> bool:
+        return False  # every product comes from its own mini-batch loss
+
+    @property
     def finite_differences(self) -> bool:
         curvature = self.solver.uses_operator and self.curvature.finite_differences
         return self.mixed.finite_differences or curvature
