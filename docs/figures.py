@@ -20,7 +20,15 @@ from ziggurat.examples import EXAMPLES, load
 from ziggurat.examples.plots import draw
 
 OUT = Path(__file__).parent / "figures"
-FAST_STEPS = {"reweight": 20, "hpo": 2, "maml": 20, "fewshot": 10, "three_level": 20, "nas": 4}
+FAST_STEPS = {
+    "reweight": 20,
+    "hpo": 2,
+    "maml": 20,
+    "fewshot": 10,
+    "three_level": 20,
+    "nas": 4,
+    "transformer": 40,
+}
 """Steps per example for ``--fast``: enough for every array a figure reads."""
 
 

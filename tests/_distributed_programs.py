@@ -151,6 +151,8 @@ LOWER_CONFIGS = {
     # gradients only (finite differences in w); an explicit eps for the penalty method, whose
     # default (sqrt(eps_mach)) would amplify the all-reduce's rounding to about 1e-10
     "cg_fd": Config(type="cg", curvature="finite_difference", cg_iterations=8, unroll_steps=2),
+    # a dense solve: the sharded products are gathered into columns and cut back into shards
+    "exact_fd": Config(type="exact", curvature="finite_difference", unroll_steps=2),
     "penalty": Config(
         type="penalty", penalty_steps=8, penalty_step=0.1, penalty_epsilon=1e-4, unroll_steps=2
     ),
@@ -160,7 +162,10 @@ LOWER_CONFIGS = {
     "early": Config(type="darts", darts_alpha=0.01),
 }
 THREE_LEVELS = ("three", "three_fsdp")
-MIDDLE_CONFIGS = {"three_fsdp": Config(type="neumann", neumann_iterations=3, neumann_alpha=0.1)}
+# the middle level's hop reads the sharded lowest level (its upper level in that hop): under
+# FSDP2 its method must need only first-order autograd (neumann there is refused), and its
+# gradient in the shards goes through problems/_sharded_loss (darts' mixed product reads it)
+MIDDLE_CONFIGS = {"three_fsdp": Config(type="darts", darts_alpha=0.01)}
 
 
 class EpochLoader(list):
@@ -204,7 +209,7 @@ def build(
     lower level's Adam state; ``ckpt`` accumulates and perturbs the lower targets with noise
     drawn from each rank's RNG.
     """
-    wide = ("wide", "inputs", "three_fsdp", "first_order", "cg_fd", "penalty")  # an MLP lower
+    wide = ("wide", "inputs", "three_fsdp", "first_order", "cg_fd", "exact_fd", "penalty")
     low_mod = _mlp(1) if program in wide else _linear(1, DIM)
     w_mod = _linear(2, DIM)
     low_opt: torch.optim.Optimizer = (

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ziggurat.datasets import digits, fashion_mnist_dir, read_idx
-from ziggurat.examples import fewshot, hpo, load, maml, nas, reweight, three_level
+from ziggurat.examples import fewshot, hpo, load, maml, nas, reweight, three_level, transformer
 from ziggurat.examples.data import rotated_classes, symmetric_noise
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -151,6 +151,37 @@ def test_other_darts_rules_beat_random_cells(method: str) -> None:
     assert result.row("test accuracy vs random cells (mean)").gain > 0.03, str(result)
 
 
+def test_transformer_exact_hypergradient_beats_uniform_weights_and_darts() -> None:
+    """Seed 0, 800 classifier steps (about 22 s for both runs on one thread). Measured: cg's
+    weights retrain to 0.683 clean test accuracy against 0.547 with uniform weights and 0.601
+    with darts' weights; their AUC at telling flipped labels apart is 0.83 against 0.68."""
+    ours = transformer.run(progress=False)
+    darts = transformer.run(method="darts", progress=False)
+    accuracy = ours.row("clean test accuracy")
+    assert accuracy.gain > 0.05, str(ours)
+    assert accuracy.ours > darts.row("clean test accuracy").ours + 0.05, f"{ours}\n{darts}"
+    assert ours.extra["auc"] > darts.extra["auc"] + 0.1, f"{ours}\n{darts}"
+    assert ours.extra["weight_noisy"] < ours.extra["weight_clean"] - 0.1
+
+
+@pytest.mark.slow
+def test_transformer_exact_hypergradient_wins_at_other_seeds() -> None:
+    """Measured (accuracy: uniform, cg, darts; AUC: cg, darts): seed 1 0.521 0.609 0.508,
+    0.85 0.60; seed 2 0.583 0.662 0.534, 0.80 0.54; seed 3 0.546 0.564 0.529, 0.81 0.59;
+    seed 4 0.523 0.560 0.560, 0.81 0.54. At every seed cg's weights beat uniform weights and
+    flag the flipped labels far better than darts'; their retrained accuracy beats darts' by
+    0.066 on average (seed 4 is a tie, which moves with the last bits of darts' step)."""
+    gaps = []
+    for seed in (1, 2, 3, 4):
+        ours = transformer.run(seed=seed, progress=False)
+        darts = transformer.run(method="darts", seed=seed, progress=False)
+        accuracy = ours.row("clean test accuracy")
+        assert accuracy.gain > 0.01, str(ours)
+        assert ours.extra["auc"] > darts.extra["auc"] + 0.15, f"{ours}\n{darts}"
+        gaps.append(accuracy.ours - darts.row("clean test accuracy").ours)
+    assert sum(gaps) / len(gaps) > 0.03, gaps
+
+
 def test_unknown_example_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="choose one of reweight"):
         load("nope")
@@ -195,6 +226,13 @@ def test_installed_console_script_runs_the_default_demo() -> None:
     assert "clean test accuracy" in proc.stdout
 
 
+def test_demo_transformer_prints_its_table() -> None:
+    proc = _cli("demo", "transformer", "--steps", "40", "--method", "cg_fd", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "transformer: reweighting noisy labels (cg_fd), digits" in proc.stdout
+    assert "noisy-label AUC of the weights" in proc.stdout
+
+
 def test_demo_fewshot_takes_shots() -> None:
     proc = _cli("demo", "fewshot", "--shots", "1", "--steps", "5", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -212,6 +250,7 @@ def test_demo_fewshot_takes_shots() -> None:
         (("demo", "--steps", "0"), "positive integer"),
         (("demo", "maml", "--shots", "1"), "only to the fewshot example"),
         (("demo", "fewshot", "--shots", "3"), "invalid choice"),
+        (("demo", "transformer", "--steps", "10"), "transformer steps must be >= 40"),
     ],
 )
 def test_demo_bad_input_is_one_line(args: tuple[str, ...], needle: str) -> None:

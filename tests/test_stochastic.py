@@ -9,7 +9,16 @@ from benchmarks.stats import logistic_case, rel, stochastic_mean_error
 from registry import logistic_gauss_newton
 from ziggurat import linalg
 from ziggurat.analytic import LogisticHPO
-from ziggurat.hypergradient import PRESETS, Stochastic, cg, exact, random_batches, stochastic
+from ziggurat.hypergradient import (
+    PRESETS,
+    FiniteDifference,
+    MixedFiniteDifference,
+    Stochastic,
+    cg,
+    exact,
+    random_batches,
+    stochastic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +49,25 @@ def test_full_batches_recover_the_exact_hypergradient(logistic) -> None:
     sampler = random_batches(problem.X, problem.y, batch_size=problem.X.shape[0], seed=0)
     method = stochastic(problem.batch_loss, sampler, num_batches=2, mixed_batches=3)
     assert rel(method(problem.inner, w, lam, v).vjp["lam"], ref) < 1e-9
+
+
+def test_products_from_gradients_declare_it_and_agree(logistic) -> None:
+    """``curvature=`` and ``mixed=`` set the method's declared capabilities, as for the
+    implicit presets: double backward by default; finite differences for both make it
+    first-order only (so the Engine evaluates its loss at full precision and FSDP2 admits it).
+    On full batches both agree with the exact answer."""
+    problem, w, lam, v, ref = logistic
+    sampler = random_batches(problem.X, problem.y, batch_size=problem.X.shape[0], seed=0)
+    plain = stochastic(problem.batch_loss, sampler)
+    fd = {"curvature": FiniteDifference(), "mixed": MixedFiniteDifference()}
+    gradients = stochastic(problem.batch_loss, sampler, **fd)
+    half = stochastic(problem.batch_loss, sampler, curvature=FiniteDifference())
+    assert (plain.first_order_only, plain.finite_differences) == (False, False)
+    assert (half.first_order_only, half.finite_differences) == (False, True)
+    assert (gradients.first_order_only, gradients.finite_differences) == (True, True)
+    assert rel(gradients(problem.inner, w, lam, v).vjp["lam"], ref) < 1e-7
+    with pytest.raises(ValueError, match="stochastic mixed must be a mixed-product rule"):
+        stochastic(problem.batch_loss, sampler, mixed=FiniteDifference())  # type: ignore[arg-type]
 
 
 def test_solve_and_mixed_product_draw_independent_batches(logistic) -> None:

@@ -11,6 +11,8 @@ from ._products import hvp_fd as hvp_fd
 from ._products import hvp_forward as hvp_forward
 from ._products import mixed_vjp as mixed_vjp
 from ._products import mixed_vjp_fd as mixed_vjp_fd
+from ._second_order import DoubleBackwardError as DoubleBackwardError
+from ._second_order import twice_differentiable as twice_differentiable
 from ._types import InnerLoss as InnerLoss
 from ._types import MatVec as MatVec
 from ._types import Params as Params

@@ -8,7 +8,11 @@ the gradient graph for many products) or by central differences of ordinary grad
 (``hvp_fd``, ``mixed_vjp_fd``: no second-order autograd, one step rule derived below).
 
 Both are linear in ``u``. They are evaluated at fixed ``(w, lam)``: the returned tensors carry
-no graph back to the caller's tensors.
+no graph back to the caller's tensors. Double-backward products evaluate the loss under
+:func:`~ziggurat._second_order.twice_differentiable` (fused attention takes its math kernel),
+and an operation without a double backward is a
+:class:`~ziggurat._second_order.DoubleBackwardError` error naming it; finite-difference products
+evaluate it as it is, with its fastest kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _tree
+from ._second_order import check_gradient_graph, translated, twice_differentiable
 from ._types import InnerLoss, Params
 
 
@@ -71,28 +76,35 @@ class Linearization:
 
     Every ``hvp`` and ``mixed_vjp`` call is one backward pass through that graph, instead of a
     forward and a double backward per product. The graph is built only when a product is first
-    asked for, so first-order methods never pay for it.
+    asked for, so first-order methods never pay for it. The loss is evaluated under
+    :func:`~ziggurat._second_order.twice_differentiable`, and the graph is checked once for
+    operations without a double backward (:class:`~ziggurat._second_order.DoubleBackwardError`).
     """
+
+    WHERE = "a Hessian-vector or mixed product by double backward"
 
     def __init__(self, inner: InnerLoss, w: Params, lam: Params) -> None:
         self.inner, self.w, self.lam = inner, w, lam
-        self._built: tuple[Params, Params, list[Tensor]] | None = None
+        self._built: tuple[Params, Params, list[Tensor], Tensor] | None = None
 
-    def _graph(self) -> tuple[Params, Params, list[Tensor]]:
+    def _graph(self) -> tuple[Params, Params, list[Tensor], Tensor]:
         if self._built is None:
             w_, lam_ = _tree.leaves(self.w), _tree.leaves(self.lam)
-            f = scalar_loss(self.inner(w_, lam_), "inner loss")
-            g = torch.autograd.grad(f, list(w_.values()), create_graph=True, allow_unused=True)
+            with twice_differentiable():
+                f = scalar_loss(self.inner(w_, lam_), "inner loss")
+                g = torch.autograd.grad(f, list(w_.values()), create_graph=True, allow_unused=True)
+            check_gradient_graph(g, f, self.WHERE)
             g_list = [
                 torch.zeros_like(t) if gi is None else gi
                 for gi, t in zip(g, w_.values(), strict=True)
             ]
-            self._built = (w_, lam_, g_list)
+            self._built = (w_, lam_, g_list, f)
         return self._built
 
     def _through(self, u: Params, wrt: Params) -> Params:
-        _, _, g = self._graph()
-        return pullback(zip(g, u.values(), strict=True), wrt, retain_graph=True)
+        _, _, g, f = self._graph()
+        with translated(self.WHERE, f):
+            return pullback(zip(g, u.values(), strict=True), wrt, retain_graph=True)
 
     def hvp(self, u: Params) -> Params:
         """``(d^2 f / dw^2) u`` by one backward pass through the cached gradient graph."""
@@ -125,14 +137,17 @@ def hvp_forward(inner: InnerLoss, w: Params, lam: Params, u: Params) -> Params:
     """``(d^2 f/dw^2) u`` by forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad``.
 
     Needs an inner loss that ``torch.func`` transforms can trace (no in-place ``.data`` edits or
-    ``torch.autograd.grad`` inside it).
+    ``torch.autograd.grad`` inside it). Evaluated under
+    :func:`~ziggurat._second_order.twice_differentiable` (fused attention has no forward-mode
+    derivative either).
     """
     lam_d = _tree.detach(lam)
 
     def grad_w(w_: Params) -> Params:
         return torch.func.grad(lambda x: scalar_loss(inner(x, lam_d), "inner loss"))(w_)
 
-    out = torch.func.jvp(grad_w, (_tree.detach(w),), (_tree.detach(u),))
+    with twice_differentiable(), translated("a Hessian-vector product by forward-over-reverse"):
+        out = torch.func.jvp(grad_w, (_tree.detach(w),), (_tree.detach(u),))
     return _tree.detach(out[1])
 
 
@@ -199,8 +214,8 @@ def _norm(a: Params) -> Tensor:
     """``||a||`` as a 0-dim tensor in the accumulation dtype of ``a``'s first leaf (no sync)."""
     first = next(iter(a.values()))
     acc = accumulation_dtype(first.dtype)
-    norms = [torch.linalg.vector_norm(t, dtype=acc) for t in a.values()]
-    return _tree.whole(torch.linalg.vector_norm(torch.stack(norms)))
+    norms = [_tree.whole(torch.linalg.vector_norm(t, dtype=acc)) for t in a.values()]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def step_length(w: Params, order: int = 2) -> Tensor:
@@ -280,10 +295,9 @@ def central_difference(
 
 NOT_CONNECTED = (
     "the inner loss does not depend on the lower parameters w through autograd, so its gradient "
-    "in w (which finite-difference curvature and the penalty method take) is not available. "
-    "An FSDP2-sharded level (EngineConfig(strategy='fsdp')) evaluates its pure loss on values "
-    "copied into the shards without autograd, so these methods do not run there yet: use "
-    "strategy='ddp' (or 'zero'), or darts, sama or first_order on the sharded level"
+    "in w (which finite-difference curvature and the penalty method take) is not available; "
+    "an inner loss must evaluate the model at the w it is given (e.g. through "
+    "torch.func.functional_call), not at parameters of its own"
 )
 
 

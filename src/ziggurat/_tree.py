@@ -3,6 +3,12 @@
 Every function is pure and keeps the key order of its first argument, except the in-place
 variants whose names end in ``_`` (``axpy_``, ``xpay_``, ``add_``, ``scale_``): they overwrite
 their output tree, which must be one the caller created.
+
+Trees of DTensors (the parameters of an FSDP2-sharded level, and every vector shaped like them)
+work too. Elementwise arithmetic stays sharded; the reductions (:func:`dot`, :func:`norm`) are
+all-reduced to their global value on every process (:func:`whole`), since a DTensor keeps a
+sum over its shards as a partial result whose ``float()`` is this process's part alone; and
+:func:`flatten` gathers, :func:`unflatten` cuts this process's shards back out.
 """
 
 from __future__ import annotations
@@ -110,19 +116,31 @@ def neg(a: Params) -> Params:
     return {k: -t for k, t in a.items()}
 
 
+def whole(t: Tensor) -> Tensor:
+    """The value of a reduction on every process: a DTensor's partial result (of a sum or a
+    norm over its shards) is all-reduced into a plain tensor (a collective); any other tensor
+    is returned as it is. Plain tensors never load ``torch.distributed``."""
+    if type(t) is Tensor:
+        return t
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def dot(a: Params, b: Params) -> Tensor:
     """Inner product of two trees, accumulated in the dtype of the first leaf."""
     terms = [torch.sum(a[k] * b[k]) for k in a]
     if not terms:
         return torch.zeros(())
-    return torch.stack(terms).sum()
+    return whole(torch.stack(terms).sum())
 
 
 def norm(a: Params) -> Tensor:
     """Euclidean norm of a tree: per-leaf norms (no temporaries), then the norm of those."""
     if not a:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in a.values()]))
+    norms = [whole(torch.linalg.vector_norm(t)) for t in a.values()]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def detach(a: Mapping[str, Tensor]) -> Params:
@@ -148,17 +166,30 @@ def fill_none(grads: Iterable[Tensor | None], like: Params) -> Params:
 
 
 def flatten(a: Params) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in a.values()]) if a else torch.zeros(0)
+    """All leaves in one vector (a DTensor's leaf gathered whole, a collective)."""
+    return torch.cat([whole(t).reshape(-1) for t in a.values()]) if a else torch.zeros(0)
 
 
 def unflatten(vec: Tensor, like: Params) -> Params:
+    """The inverse of :func:`flatten`: pieces of ``vec`` shaped like ``like``'s leaves; for a
+    DTensor leaf, this process's shard of its piece, placed like it (no communication)."""
     out: Params = {}
     offset = 0
     for k, t in like.items():
         n = t.numel()
-        out[k] = vec[offset : offset + n].view_as(t)
+        out[k] = _placed_like(vec[offset : offset + n].view(t.shape), t)
         offset += n
     return out
+
+
+def _placed_like(full: Tensor, like: Tensor) -> Tensor:
+    if type(like) is Tensor:
+        return full
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def numel(a: Params) -> int:
@@ -190,13 +221,6 @@ def to_device(batch: Any, device: torch.device | str | None) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-def whole(t: Tensor) -> Tensor:
-    """``t``, or the whole of it when it is a DTensor (an FSDP2-sharded tree's norm): a
-    collective, no host sync, so it combines with plain tensors."""
-    full = getattr(t, "full_tensor", None)
-    return t if full is None else full()
 
 
 def finite_rhs_norm(b: Params, solver: str, b_norm: Tensor | None = None) -> Tensor:

@@ -9,9 +9,11 @@ from ..analytic import BernoulliReward, BilevelFixture, LogisticHPO, QuadraticBi
 from ..hypergradient import (
     Baseline,
     ConstantBaseline,
+    FiniteDifference,
     GaussNewton,
     LeaveOneOut,
     Method,
+    MixedFiniteDifference,
     NoBaseline,
     cg,
     darts,
@@ -20,6 +22,7 @@ from ..hypergradient import (
     fixed_point,
     gauss_newton,
     neumann,
+    penalty,
     random_batches,
     reinforce,
     sama,
@@ -31,11 +34,19 @@ from ..optim import sgd
 from ._estimator import Estimator, verify_estimator
 from ._verify import verify
 
+FD_H, FD_M = FiniteDifference(), MixedFiniteDifference()
+"""Products from gradients alone, for the ``+FD`` rows."""
+
 
 def check_methods(
     spectrum: tuple[float, float], curvature: GaussNewton | None = None
 ) -> dict[str, Method]:
     """The rows of tables (a) and (b): every preset, tuned to a Hessian's spectrum.
+
+    The rows ending in ``+FD`` take every product from gradients (``FiniteDifference`` and
+    ``MixedFiniteDifference``: only first-order autograd), and ``penalty`` is the penalty
+    method (F2SA / BOME), first-order as well; their error is that of their solve plus the
+    floor of a difference (``benchmarks/RESULTS_fd.md``).
 
     Args:
         spectrum: the smallest and largest eigenvalue of the lower Hessian, which set the
@@ -59,6 +70,14 @@ def check_methods(
         "darts": darts(),
         "sama": sama(),
         "first_order": first_order(),
+        "exact+FD": exact(curvature=FD_H, mixed=FD_M),
+        "cg(tol=1e-10)+FD": cg(500, 1e-10, curvature=FD_H, mixed=FD_M),
+        "neumann(500)+FD": neumann(500, alpha, curvature=FD_H, mixed=FD_M),
+        "fixed_point(tol=1e-10)+momentum+FD": fixed_point(
+            20_000, step, momentum=beta, tol=1e-10, curvature=FD_H, mixed=FD_M
+        ),
+        "penalty(20)": penalty(20, alpha),
+        "penalty(500)": penalty(500, alpha),
     }
     if curvature is not None:
         methods["cg(tol=1e-10)+GN"] = cg(500, 1e-10, curvature=curvature)

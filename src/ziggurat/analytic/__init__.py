@@ -3,7 +3,9 @@
 They back the test suite, ``ziggurat check`` and the benchmarks. Every problem is built in
 float64 by default. The bilevel ones (:class:`QuadraticBilevel`, :class:`RidgeHPO`,
 :class:`LogisticHPO`) follow the :class:`BilevelFixture` protocol: pure losses, a point, and
-the exact best-response product. :class:`QuadraticTrilevel` exposes the closed forms of a
+the exact best-response product; so does :class:`TransformerReweighting`, whose lower level is
+a transformer (no closed form: a dense solve, under attention's math kernel).
+:class:`QuadraticTrilevel` exposes the closed forms of a
 three-level chain, and :class:`BernoulliReward` a closed-form expected gradient, for
 score-function estimators.
 """
@@ -21,6 +23,8 @@ from ._quadratic import random_spd as random_spd
 from ._regression import LogisticHPO as LogisticHPO
 from ._regression import RidgeHPO as RidgeHPO
 from ._reward import BernoulliReward as BernoulliReward
+from ._transformer import TinyTransformer as TinyTransformer
+from ._transformer import TransformerReweighting as TransformerReweighting
 
 
 @runtime_checkable

@@ -81,9 +81,12 @@ class Config:
     * ``darts_multitask`` / ``sama_multitask`` must stay False, and ``type="reinforce"`` is
       refused (see :func:`_check_betty_only`).
 
-    ziggurat options for models without double backward (e.g. fused
-    ``scaled_dot_product_attention``); both take gradients in this level's parameters, which an
-    FSDP2-sharded level does not provide yet (``strategy="ddp"`` and ``"zero"`` run them):
+    ziggurat options for levels where double backward does not run: an FSDP2-sharded level
+    (``EngineConfig(strategy="fsdp")``) and a loss with an operation that cannot be
+    differentiated twice (a custom ``@once_differentiable`` function; the methods that need
+    double backward refuse such a loss with a ``ValueError`` naming it). Fused
+    ``scaled_dot_product_attention`` is not one of them: double-backward products evaluate it
+    with its math kernel.
 
     * ``curvature="finite_difference"`` is the one switch for "only ordinary backward passes":
       ``neumann``, ``cg`` and ``exact`` then take both their Hessian-vector products and their

@@ -107,8 +107,7 @@ class Engine:
         return torch.device("cpu")
 
     def _check_strategy(self, graph: Graph) -> None:
-        lowers = {n for n, ups in graph.uppers.items() if ups}
-        _prepare.check_strategy(self.config.strategy, self.problems, set(graph.leaves), lowers)
+        _prepare.check_strategy(self.config.strategy, self.problems, graph)
 
     def initialize(self) -> None:
         """Wire parents, children and paths, then initialise every problem."""

@@ -3,35 +3,40 @@ parameters (ZeRO, FSDP2), and the checks that refuse what a strategy cannot run.
 
 Which levels ``strategy="fsdp"`` shards: every *leaf* (a level with no lower levels). A leaf is
 never the upper level of a hop, so no hypergradient needs derivatives with respect to its
-parameters through a pure loss, and its own hop method (when it has upper levels) must need
-only first-order autograd: second-order autograd does not pass through sharded parameters.
-Levels above the leaves are replicated, as under ``strategy="ddp"``, and may use any method.
-What changes for a sharded level: its module is ``fully_shard``-ed as one unit and its
-optimizer rebuilt over the shards with the same class and options (schedulers re-pointed);
-gradients reach it through ``loss.backward()`` and are averaged by FSDP2's reduce-scatter;
-pure evaluations overwrite its parameter values in place (``Problem.swap_params``).
+parameters through another level's pure loss, and its own hop method (when it has upper
+levels) must need only first-order autograd (``Method.first_order_only``): second-order
+autograd does not pass through sharded parameters. Every such method runs there: darts,
+sama, first_order, the penalty method and the implicit solvers with finite-difference
+products, which take gradients of the level's pure loss in its own (sharded) parameters
+(``problems._sharded_loss``). Levels above the leaves are replicated, as under
+``strategy="ddp"``, and may use any method. What changes for a sharded level: its module is
+``fully_shard``-ed as one unit and its optimizer rebuilt over the shards with the same class
+and options (schedulers re-pointed); gradients reach it through ``loss.backward()`` and are
+averaged by FSDP2's reduce-scatter; pure evaluations overwrite its parameter values in place
+(``Problem.swap_params``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..configs import first_order_choices
 from ..problems import Problem
 from ..systems import DISTRIBUTED_STRATEGIES, Group
 from ..systems import fsdp as _fsdp
 from ._graph import Graph
 
 
-def check_strategy(
-    strategy: str, problems: Sequence[Problem], leaves: set[str], lowers: set[str]
-) -> None:
+def check_strategy(strategy: str, problems: Sequence[Problem], graph: Graph) -> None:
     """Reject, before any process group exists, programs a distributed strategy cannot run.
 
-    ``leaves`` names the lowest levels (no lower levels), which ``strategy="fsdp"`` shards;
-    ``lowers`` names the levels that are the lower level of some hop (they have uppers).
+    ``strategy="fsdp"`` shards the lowest levels (``graph.leaves``): the method of every hop
+    with a sharded level on either side -- the leaf's own hops, and hops of a level whose loss
+    reads a leaf (three and more levels) -- must need only first-order autograd.
     """
     if strategy not in DISTRIBUTED_STRATEGIES:
         return
@@ -39,9 +44,21 @@ def check_strategy(
         if not p.params_live_in_module:
             _check_unrolled(strategy, p)
     if strategy == "fsdp":
-        for p in problems:
-            if p.name in leaves and p.name in lowers:
-                _check_shardable_method(p)
+        by_name = {p.name: p for p in problems}
+        for name in sorted(_touching_shards(graph)):
+            _check_shardable_method(by_name[name])
+
+
+def _touching_shards(graph: Graph) -> set[str]:
+    """Levels that are the lower level of a hop whose lower or upper level is a leaf."""
+    leaves = set(graph.leaves)
+    out: set[str] = set()
+    for paths in graph.paths.values():
+        for path in paths:
+            for lower, upper in itertools.pairwise(path[1:]):  # the hops of the path
+                if lower in leaves or upper in leaves:
+                    out.add(lower)
+    return out
 
 
 def _check_unrolled(strategy: str, p: Problem) -> None:
@@ -62,6 +79,14 @@ def _check_unrolled(strategy: str, p: Problem) -> None:
 
 def _check_shardable_method(p: Problem) -> None:
     method = p.hop_method()
+    if method.first_order_only and not method.evaluates_inner:
+        raise ValueError(
+            f"problem {p.name!r} uses the hypergradient method {method.name!r}, which evaluates "
+            "a loss of its own instead of the level's pure loss, but strategy='fsdp' shards "
+            "this level's parameters with FSDP2 and only the pure loss knows how to evaluate "
+            "them. Use a method that evaluates the pure loss (for more data per hop, "
+            "Config(hypergradient_batches=B)), or strategy='ddp'"
+        )
     if method.first_order_only:
         return
     raise ValueError(
@@ -69,9 +94,7 @@ def _check_shardable_method(p: Problem) -> None:
         "second-order autograd (Hessian-vector or double-backward mixed products), but "
         "strategy='fsdp' shards its parameters with FSDP2 (fully_shard) and second-order "
         "autograd does not pass through sharded parameters. Use a method that needs only "
-        "first-order autograd on this level: Config(type='darts'), 'sama' or 'first_order', "
-        "or any ziggurat.hypergradient.Method whose first_order_only is True; or use "
-        "strategy='ddp'"
+        f"first-order autograd on this level: {first_order_choices()}; or use strategy='ddp'"
     )
 
 

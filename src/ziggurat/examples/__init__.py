@@ -11,7 +11,7 @@ from types import ModuleType
 from ziggurat.examples.result import Result as Result
 from ziggurat.examples.result import Row as Row
 
-EXAMPLES = ("reweight", "hpo", "maml", "fewshot", "three_level", "nas")
+EXAMPLES = ("reweight", "hpo", "maml", "fewshot", "three_level", "nas", "transformer")
 DEFAULT = "reweight"
 
 

@@ -65,6 +65,12 @@ def _reweight(fig: Any, result: Result) -> None:
     _curves(right, result.arrays)
 
 
+def _transformer(fig: Any, result: Result) -> None:
+    left, right = fig.subplots(1, 2)
+    _weights(left, result.arrays, "learned weights of training sequences")
+    _bars(right, result)
+
+
 def _three_level(fig: Any, result: Result) -> None:
     left, right = fig.subplots(1, 2)
     _weights(left, result.arrays, "learned weights of source samples")
@@ -176,6 +182,7 @@ PLOTTERS: dict[str, Callable[[Any, Result], None]] = {
     "fewshot": _fewshot,
     "three_level": _three_level,
     "nas": _nas,
+    "transformer": _transformer,
 }
 """Example name -> the function that draws its result on a figure."""
 

@@ -134,6 +134,14 @@ class Method(abc.ABC):
         return False
 
     @property
+    def evaluates_inner(self) -> bool:
+        """Whether every loss the method evaluates is the ``inner`` it is given. One that
+        evaluates a loss of its own (``stochastic``'s mini-batch loss) cannot run where only
+        the caller's ``inner`` knows how to evaluate the level: an FSDP2-sharded level, whose
+        pure loss writes ``w`` into the shards."""
+        return True
+
+    @property
     def needs_preconditioner(self) -> bool:
         """Whether the method reads ``context.preconditioner``, a diagonal built from the lower
         level's optimizer state (SAMA)."""

@@ -27,10 +27,13 @@ from torch import Tensor
 
 from .. import _tree
 from .._products import scalar_loss
+from .._second_order import translated
 from .._types import InnerLoss, Params
 from ..optim import FunctionalOptimizer, OptState, grad_step
 
 Segments = int | str | None
+
+THROUGH_STEPS = "the backward pass through differentiable optimizer steps"
 
 
 def inner_at(inner: InnerLoss, lam: Params) -> Callable[[Params], Tensor]:
@@ -114,9 +117,10 @@ def checkpointed_vjp(
         inputs = list(w_in.values()) + list(flat_in.values()) + [lam[key] for key in lam_keys]
         if not live:
             break
-        grads = torch.autograd.grad(
-            [o for o, _ in live], inputs, grad_outputs=[c for _, c in live], allow_unused=True
-        )
+        with translated(THROUGH_STEPS):
+            grads = torch.autograd.grad(
+                [o for o, _ in live], inputs, grad_outputs=[c for _, c in live], allow_unused=True
+            )
         n_w, n_s = len(w_in), len(flat_in)
         cot_w = {
             key: torch.zeros_like(x) if g is None else g

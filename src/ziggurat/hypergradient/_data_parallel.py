@@ -88,6 +88,10 @@ class DataParallel(Method):
         return self.method.first_order_only
 
     @property
+    def evaluates_inner(self) -> bool:
+        return self.method.evaluates_inner
+
+    @property
     def needs_preconditioner(self) -> bool:
         return self.method.needs_preconditioner
 

@@ -2,14 +2,14 @@
 
 ``H u ~ (grad_w f(w + h u, lam) - grad_w f(w - h u, lam)) / (2 h)`` needs two ordinary
 backward passes and no double backward, so the implicit methods built on it run where
-second-order autograd does not, such as fused attention kernels (the CPU kernel of
-``scaled_dot_product_attention`` has no double backward). Paired with
+second-order autograd does not: through operations without a double backward (a custom
+``@once_differentiable`` function, ``torch.cdist``) and on FSDP2-sharded levels. Paired with
 :class:`~ziggurat.hypergradient.MixedFiniteDifference` for the mixed product, an
 :class:`~ziggurat.hypergradient.Implicit` method needs only first-order autograd
 (``first_order_only``), whatever its solver: ``cg``, ``neumann``, ``fixed_point`` or ``exact``.
-It still takes gradients in ``w``, which an FSDP2-sharded level of the Engine does not provide
-yet (its pure loss runs on values copied into the shards without autograd): there the gradient
-refuses with a ``ValueError`` that says so, instead of reading as zero.
+(Fused attention needs neither: double-backward products evaluate it with its math kernel,
+see ``ziggurat.twice_differentiable``; finite differences keep the fused kernel, which is
+cheaper per product, see ``benchmarks/RESULTS.md``.)
 
 The step follows the dtype and the norms (derived in :mod:`ziggurat._products`):
 ``h = eps^(1/3) max(1, ||w||) / ||u||``, balancing the ``O(h^2)`` truncation error of a central

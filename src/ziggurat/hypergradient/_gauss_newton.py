@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import _tree
 from .._products import Linearization, scalar_loss
+from .._second_order import check_gradient_graph, translated, twice_differentiable
 from .._types import MatVec, Params
 from ._strategies import Curvature
 
@@ -115,33 +116,43 @@ class _Graphs:
     building fresh ``torch.func`` transforms per product costs about ten times more.
     """
 
+    WHERE = "a Gauss-Newton product"
+
     def __init__(self, curv: GaussNewton, w: Params, lam: Params) -> None:
         w_ = _tree.leaves(w)
         self.keys, self.w = list(w_), list(w_.values())
-        out = curv.outputs(w_, lam)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"gauss_newton outputs must return a tensor, got {type(out).__name__}")
-        self.out = out
-        self.dummy = torch.zeros_like(out, requires_grad=True)
-        self.jt_dummy = _backward([out], self.w, [self.dummy], create_graph=True)
-        self.out_leaf = out.detach().requires_grad_(True)
-        loss = scalar_loss(curv.loss(self.out_leaf), "gauss_newton loss")
-        self.loss_grad = _backward(
-            [loss], [self.out_leaf], [torch.ones_like(loss)], create_graph=True
-        )
-        self.reg_grad: list[Tensor] = []
-        if curv.regularizer is not None:
-            reg = scalar_loss(curv.regularizer(w_, lam), "gauss_newton regularizer")
-            self.reg_grad = _backward([reg], self.w, [torch.ones_like(reg)], create_graph=True)
+        with twice_differentiable():  # J u differentiates J^T y again
+            out = curv.outputs(w_, lam)
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"gauss_newton outputs must return a tensor, got {type(out).__name__}"
+                )
+            self.out = out
+            self.dummy = torch.zeros_like(out, requires_grad=True)
+            self.jt_dummy = _backward([out], self.w, [self.dummy], create_graph=True)
+            self.out_leaf = out.detach().requires_grad_(True)
+            loss = scalar_loss(curv.loss(self.out_leaf), "gauss_newton loss")
+            self.loss_grad = _backward(
+                [loss], [self.out_leaf], [torch.ones_like(loss)], create_graph=True
+            )
+            self.reg_grad: list[Tensor] = []
+            self.losses = [out, loss]
+            if curv.regularizer is not None:
+                reg = scalar_loss(curv.regularizer(w_, lam), "gauss_newton regularizer")
+                self.reg_grad = _backward([reg], self.w, [torch.ones_like(reg)], create_graph=True)
+                self.losses.append(reg)
+        graphs = [*self.jt_dummy, *self.loss_grad, *self.reg_grad]
+        check_gradient_graph(graphs, self.losses, self.WHERE)
 
     def product(self, u: Params) -> Params:
         ud = [u[k].detach() for k in self.keys]
-        (ju,) = _backward(self.jt_dummy, [self.dummy], ud)
-        (hju,) = _backward(self.loss_grad, [self.out_leaf], [ju])
-        result = _backward([self.out], self.w, [hju])
-        if self.reg_grad:
-            curv = _backward(self.reg_grad, self.w, ud)
-            result = [a + b for a, b in zip(result, curv, strict=True)]
+        with translated(self.WHERE, self.losses):
+            (ju,) = _backward(self.jt_dummy, [self.dummy], ud)
+            (hju,) = _backward(self.loss_grad, [self.out_leaf], [ju])
+            result = _backward([self.out], self.w, [hju])
+            if self.reg_grad:
+                curv = _backward(self.reg_grad, self.w, ud)
+                result = [a + b for a, b in zip(result, curv, strict=True)]
         return {k: t.detach() for k, t in zip(self.keys, result, strict=True)}
 
 

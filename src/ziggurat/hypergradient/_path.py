@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .._second_order import DoubleBackwardError
 from .._types import InnerLoss, Params
 from ._base import NO_CONTEXT, HopContext, HopInfo, Method
 
@@ -33,6 +34,8 @@ def fold(hops: Sequence[Hop], v: Params) -> tuple[Params, list[HopInfo]]:
     """Apply every hop's best-response vjp in order, starting from the cotangent ``v``.
 
     Returns the final cotangent (shaped like the last hop's ``lam``) and each hop's diagnostics.
+    An error of a hop is raised with the hop's index and method in front; a
+    :class:`~ziggurat._second_order.DoubleBackwardError` keeps its type and records the index.
     """
     if not hops:
         raise ValueError("fold needs at least one hop")
@@ -40,6 +43,8 @@ def fold(hops: Sequence[Hop], v: Params) -> tuple[Params, list[HopInfo]]:
     for i, hop in enumerate(hops):
         try:
             result = hop.method(hop.inner, hop.w, hop.lam, v, hop.context)
+        except DoubleBackwardError as err:
+            raise err.at(f"hop {i} ({hop.method.name})", hop=i) from err
         except ValueError as err:
             raise ValueError(f"hop {i} ({hop.method.name}): {err}") from err
         v = result.vjp

@@ -114,8 +114,8 @@ class Penalty(Method):
     difference. ``G``'s gradient change ``grad_w f(w + d) - grad_w f(w)`` is a
     :class:`GradientSecant` curvature, so the Engine's data-parallel strategies (``ddp``,
     ``zero``) average it over ranks like the implicit methods' products: the descent is the
-    global batch's. An FSDP2-sharded level does not provide gradients in ``w`` yet; there the
-    method refuses with a ``ValueError`` that says so.
+    global batch's. On an FSDP2-sharded level the gradients in ``w`` go through FSDP2's forward
+    and reduce-scatter (the global batch's already).
 
     ``epsilon=None`` picks ``eps = sqrt(eps_mach) max(1, ||w||) / (step ||v||)``: the first step
     then moves ``w`` by ``sqrt(eps_mach) max(1, ||w||)``, the length that balances the ``O(eps)``

@@ -188,15 +188,17 @@ def stochastic(
     mixed_batches: int | None = None,
     solver: linalg.LinearSolver | None = None,
     curvature: Curvature = DoubleBackward(),
+    mixed: MixedRule = MixedAutograd(),
 ) -> Stochastic:
     """Stochastic implicit differentiation (Grazzi et al., AISTATS 2021).
 
     Hessian and mixed products averaged over ``num_batches`` and ``mixed_batches`` independent
     mini-batches drawn by ``sample`` and scored by ``loss(w, lam, batch)``. The default solver is
-    ``conjugate_gradient(maxiter=100, tol=1e-10)``.
+    ``conjugate_gradient(maxiter=100, tol=1e-10)``. ``curvature=FiniteDifference(),
+    mixed=MixedFiniteDifference()`` takes both products from gradients (``first_order_only``).
     """
     solver = linalg.conjugate_gradient(100, 1e-10) if solver is None else solver
-    return Stochastic(solver, loss, sample, num_batches, mixed_batches, curvature)
+    return Stochastic(solver, loss, sample, num_batches, mixed_batches, curvature, mixed)
 
 
 def sama(radius: float = 1.0) -> Sama:

@@ -29,8 +29,8 @@ from .._products import Linearization, scalar_loss
 from .._types import InnerLoss, Params
 from ..linalg import LinearSolver
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
-from ._implicit import DoubleBackward, check_strategies
-from ._strategies import Curvature
+from ._implicit import DoubleBackward, MixedAutograd, check_strategies
+from ._strategies import Curvature, MixedRule
 
 BatchLoss = Callable[[Params, Params, Any], Tensor]
 """``f(w, lam, batch) -> scalar``: the inner loss on one mini-batch, scaled like the full loss
@@ -74,6 +74,9 @@ class Stochastic(Method):
         num_batches: batches averaged into the Hessian.
         mixed_batches: batches averaged into the mixed product; ``None`` means ``num_batches``.
         curvature: how ``H_S u`` is computed.
+        mixed: how ``M_T u`` is computed: by double backward (:class:`MixedAutograd`, the
+            default) or by central differences (:class:`MixedFiniteDifference`, which with
+            ``curvature=FiniteDifference()`` makes the method ``first_order_only``).
     """
 
     solver: LinearSolver
@@ -82,9 +85,15 @@ class Stochastic(Method):
     num_batches: int = 1
     mixed_batches: int | None = None
     curvature: Curvature = DoubleBackward()
+    mixed: MixedRule = MixedAutograd()
 
     def __post_init__(self) -> None:
         check_strategies("stochastic", self.solver, self.curvature)
+        if not isinstance(self.mixed, MixedRule):
+            raise ValueError(
+                "stochastic mixed must be a mixed-product rule such as MixedAutograd() or "
+                f"MixedFiniteDifference(), got {self.mixed!r}"
+            )
         if not self.curvature.reads_inner:
             raise ValueError(
                 "stochastic does not support curvature=GaussNewton(...): Gauss-Newton evaluates "
@@ -109,6 +118,20 @@ class Stochastic(Method):
     def warm_starts(self) -> bool:
         return self.solver.warm_starts
 
+    @property
+    def evaluates_inner(self) -> bool:
+        return False  # every product comes from its own mini-batch loss
+
+    @property
+    def finite_differences(self) -> bool:
+        curvature = self.solver.uses_operator and self.curvature.finite_differences
+        return self.mixed.finite_differences or curvature
+
+    @property
+    def first_order_only(self) -> bool:
+        curvature = self.solver.uses_operator and self.curvature.second_order
+        return not (self.mixed.second_order or curvature)
+
     def with_curvature(self, wrap: Callable[[Curvature], Curvature]) -> Stochastic:
         return dataclasses.replace(self, curvature=wrap(self.curvature))
 
@@ -126,7 +149,6 @@ class Stochastic(Method):
         mixed_loss = averaged(self.loss, [self.sample() for _ in range(n_mixed)])
         matvec = self.curvature.matvec(Linearization(hess_loss, w, lam))
         sol = self.solver(matvec, _tree.detach(v), context.warm_start)
-        out = _tree.neg(Linearization(mixed_loss, w, lam).mixed_vjp(sol.x))
-        return HopResult(
-            out, HopInfo(self.name, sol.iterations, sol.residual_value, solution=sol.x)
-        )
+        out = _tree.neg(self.mixed(Linearization(mixed_loss, w, lam), sol.x))
+        info = HopInfo(self.name, sol.iterations, sol.residual_value, solution=sol.x)
+        return HopResult(out, info)

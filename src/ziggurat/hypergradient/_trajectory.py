@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._products import pullback
+from .._second_order import translated
 from .._types import InnerLoss, Params
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method
 
@@ -29,5 +30,6 @@ class Trajectory(Method):
     def __call__(
         self, inner: InnerLoss, w: Params, lam: Params, v: Params, context: HopContext = NO_CONTEXT
     ) -> HopResult:
-        out = pullback(((w[k], v[k]) for k in v), lam, retain_graph=True)
+        with translated("the backward pass through an unrolled level's recorded steps"):
+            out = pullback(((w[k], v[k]) for k in v), lam, retain_graph=True)
         return HopResult(out, HopInfo(self.name))

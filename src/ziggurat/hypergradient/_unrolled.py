@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from .. import _checks, _tree
 from .._products import pullback
+from .._second_order import translated
 from .._types import InnerLoss, Params
 from ..optim import FunctionalOptimizer, OptState, grad_step
 from ._base import NO_CONTEXT, HopContext, HopInfo, HopResult, Method, check_inputs
-from ._checkpoint import Segments, checkpointed_vjp, inner_at, segment_count
+from ._checkpoint import THROUGH_STEPS, Segments, checkpointed_vjp, inner_at, segment_count
 
 
 def unroll(
@@ -102,5 +103,6 @@ class Unrolled(Method):
             self.steps,
             differentiable_from=self.steps - k,
         )
-        out = pullback(((w_t[key], v[key]) for key in v), lam_)
+        with translated(THROUGH_STEPS):
+            out = pullback(((w_t[key], v[key]) for key in v), lam_)
         return HopResult(vjp=out, info=HopInfo(self.name, self.steps))

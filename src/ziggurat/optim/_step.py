@@ -5,6 +5,11 @@ segment replay of checkpointed ``IterativeProblem`` levels all take their steps 
 three agree on what a step is: the gradient of each loss with respect to ``w`` (several losses,
 e.g. the micro-batches of an accumulation window, are differentiated one at a time and summed
 in order), an optional transform of that gradient (clipping), then ``optimizer.step``.
+
+A step that keeps its graph is differentiated twice later (by the caller's backward pass
+through it), so its losses are evaluated under
+:func:`~ziggurat._second_order.twice_differentiable` and its gradient graph is checked for
+operations without a double backward; a step without a graph runs the losses as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import _tree
+from .._second_order import check_gradient_graph, twice_differentiable
 from .._types import Params
 from ._base import FunctionalOptimizer, OptState
 
@@ -51,9 +57,19 @@ def grad_step(
     and whatever the losses read (e.g. upper-level parameters); without it the step runs
     without a graph and returns detached values. Tensors of ``w`` outside any graph become
     leaves that require grad, so the gradient exists.
+
+    Raises:
+        DoubleBackwardError: with ``keep``, when a loss calls an operation that cannot be
+            differentiated twice (``ziggurat._second_order``).
     """
     w_in = {k: x if x.requires_grad else x.detach().requires_grad_(True) for k, x in w.items()}
-    g = gradient(losses(w_in), w_in, create_graph=keep)
+    if keep:
+        with twice_differentiable():
+            out = losses(w_in)
+            g = gradient(out, w_in, create_graph=True)
+        check_gradient_graph(g.values(), out, "a differentiable optimizer step", w_in.values())
+    else:
+        g = gradient(losses(w_in), w_in, create_graph=False)
     if transform is not None:
         g = transform(g)
     if keep:

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import _tree
+from .._second_order import DoubleBackwardError, check_gradient_graph, twice_differentiable
 from .._types import Params
 from ..hypergradient import Method, Trajectory, segment_count
 from ..optim import FunctionalOptimizer, OptState, from_torch
 from . import _segments
 from ._data import to_device
+from ._double_backward import unrolled_error
 from ._output import check_finite_gradients
 from ._problem import Problem
 from ._runtime import Runtime
@@ -52,6 +54,12 @@ class IterativeProblem(Problem):
     ``S``) unrolls in ``S`` checkpointed segments instead (:mod:`._segments`): memory ``S``
     stored states plus one segment's graph, for one more gradient of every step; the result
     equals plain unrolling. It cannot be combined with ``roll_back``.
+
+    The upper levels differentiate through these steps, a second-order product, so the level's
+    training loss is evaluated under :func:`~ziggurat._second_order.twice_differentiable`
+    (``scaled_dot_product_attention`` takes its math kernel, the one with a double backward;
+    checkpointed segments too, whose replay must redraw the same dropout masks). An operation
+    without a double backward is a ``ValueError`` at the first step that names it.
     """
 
     params_live_in_module = False
@@ -158,9 +166,12 @@ class IterativeProblem(Problem):
             self._params, self._opt_state = self._segments.open(self._params, self._opt_state)
 
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        if self._segments is not None and self._training:
+        if not self._training:
+            return super().get_loss(batch)
+        if self._segments is not None:
             self._segments.record(batch, self.device or torch.device("cpu"))
-        return super().get_loss(batch)
+        with twice_differentiable():
+            return super().get_loss(batch)
 
     def gradients(self, loss: Tensor) -> Params:
         if self.paths:
@@ -168,12 +179,19 @@ class IterativeProblem(Problem):
                 f"problem {self.name!r}: an IterativeProblem cannot receive hypergradients from "
                 "lower levels; make it an ImplicitProblem"
             )
+        keep = not self.checkpointed  # a checkpointed segment keeps its graph on replay
         params = list(self._params.values())
-        grads = (
-            torch.autograd.grad(loss, params, create_graph=not self.checkpointed, allow_unused=True)
-            if loss.requires_grad
-            else (None,) * len(params)
-        )
+        if not loss.requires_grad:
+            grads: tuple[Tensor | None, ...] = (None,) * len(params)
+        else:
+            with twice_differentiable():
+                grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
+        if keep and loss.requires_grad:
+            try:
+                check_gradient_graph(grads, loss, "an unrolled step", self._params.values())
+            except DoubleBackwardError as err:
+                uppers = ", ".join(p.name for p in self.parents) or "its upper level"
+                raise unrolled_error([self.name], uppers, err) from err
         if all(g is None for g in grads):
             raise ValueError(
                 f"problem {self.name!r}: its loss does not depend on self.params (read by "

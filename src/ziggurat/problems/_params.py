@@ -42,8 +42,8 @@ class ModuleParameters:
 
     def overwrite(self, new: Params) -> Params:
         """Write ``new`` into the sharded tensors in place, without autograd; return the
-        values to put back. Only first-order methods run on sharded levels, and they never
-        differentiate a pure loss with respect to its ``w``."""
+        values to put back. A pure loss's gradient in ``w`` is connected around this write by
+        ``problems._sharded_loss`` (first-order methods only run on sharded levels)."""
         assert self.shards is not None
         live = self.shards
         with torch.no_grad():

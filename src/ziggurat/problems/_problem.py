@@ -202,7 +202,8 @@ class Problem(Hooks, BettyHelpers):
 
     def swap_params(self, new: Params) -> Params:
         """Put ``new`` in place of this level's parameters for a pure evaluation; return the
-        values to put back (sharded modules: overwritten in place, without autograd)."""
+        values to put back (sharded modules: overwritten in place, without autograd; the hops
+        connect gradients in ``w`` around the write, see ``problems._sharded_loss``)."""
         if not self.sharded:
             raise NotImplementedError(f"{type(self).__name__} keeps its parameters in its module")
         return self._parameters.overwrite(new)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _rng, _tree
+from .._second_order import translated
 from .._types import Params
 from ..optim import FunctionalOptimizer, OptState, grad_step
 
@@ -115,9 +116,10 @@ class Replay(torch.autograd.Function):
             wrt = [*start, *plan.context]
             if not live:
                 return (None, *[None] * len(inputs))
-            out = torch.autograd.grad(
-                [o for o, _ in live], wrt, grad_outputs=[g for _, g in live], allow_unused=True
-            )
+            with translated("the replay of a checkpointed segment"):
+                out = torch.autograd.grad(
+                    [o for o, _ in live], wrt, grad_outputs=[g for _, g in live], allow_unused=True
+                )
         return (None, *out)
 
 

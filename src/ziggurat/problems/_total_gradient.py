@@ -17,11 +17,14 @@ import torch
 from torch import Tensor
 
 from .. import _health, _tree
+from .._second_order import DoubleBackwardError, translated
 from .._types import Params
 from ..hypergradient import Hop, fold
 from . import _connection
+from ._double_backward import hop_error, unrolled_error
 from ._functional import pure_mean_loss
 from ._hops import HopKey
+from ._sharded_loss import backward_keeping_grads, differentiable_in_shards
 
 if TYPE_CHECKING:
     from ._problem import Problem
@@ -53,17 +56,23 @@ def _direct(
     problem: Problem, loss: Tensor, firsts: list[Problem]
 ) -> tuple[Params, dict[str, Params]]:
     """One backward pass: the gradients that reach the problem's own parameters (absent
-    entries did not), and the cotangents on each first lower's (zeros where unreached)."""
+    entries did not), and the cotangents on each first lower's (zeros where unreached).
+
+    Where it runs through the unrolled steps of ``IterativeProblem`` levels (a second-order
+    product), an operation of theirs without a double backward is a ``ValueError`` that names
+    them.
+    """
     own = problem.named_trainable_parameters()
     groups = [p.named_trainable_parameters() for p in firsts]
     inputs = [*own.values(), *(t for g in groups for t in g.values())]
     if not inputs:
         return {}, {}
-    if problem.sharded or any(p.sharded for p in firsts):
-        raw: tuple[Tensor | None, ...] = _backward(problem, loss, inputs)
-    else:
-        retain = problem.runtime.has_unrolled
-        raw = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
+    try:
+        with translated("the backward pass through unrolled steps"):
+            raw = _pass(problem, loss, firsts, inputs)
+    except DoubleBackwardError as err:
+        unrolled = {p[1].name for p in problem.paths if p[1].hop_method().follows_trajectory}
+        raise unrolled_error(sorted(unrolled), problem.name, err) from err
     n = len(own)
     direct = {k: g for k, g in zip(own, raw[:n], strict=True) if g is not None}
     cotangents: dict[str, Params] = {}
@@ -75,27 +84,23 @@ def _direct(
     return direct, cotangents
 
 
-def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
-    """Gradients of ``loss`` on ``inputs`` by ``loss.backward()``, leaving every ``.grad`` as
-    it was.
+def _pass(
+    problem: Problem, loss: Tensor, firsts: list[Problem], inputs: list[Tensor]
+) -> tuple[Tensor | None, ...]:
+    if any(p.sharded for p in (problem, *firsts)):
+        return _backward(problem, loss, inputs)
+    retain = problem.runtime.has_unrolled
+    return torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=retain)
 
-    FSDP2 delivers a sharded parameter's gradient only through ``.grad`` (its reduce-scatter
-    runs in backward hooks; ``torch.autograd.grad`` never sees the sharded tensors). The
-    gradients already held by every problem's parameters (an open accumulation window) are
-    set aside for the pass and put back after it, so the one place that writes gradients
-    stays :meth:`Problem._apply_gradients`.
-    """
-    held = {id(t): t for p in problem.runtime.problems for t in p.trainable_parameters()}
-    held.update({id(t): t for t in inputs})
-    saved = {key: t.grad for key, t in held.items()}
-    for t in held.values():
-        t.grad = None
-    try:
-        loss.backward()
-        return tuple(t.grad for t in inputs)
-    finally:
-        for key, t in held.items():
-            t.grad = saved[key]
+
+def _backward(problem: Problem, loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """Gradients of ``loss`` on ``inputs`` by ``loss.backward()`` (FSDP2 delivers a sharded
+    parameter's gradient only through ``.grad``), leaving every ``.grad`` as it was."""
+    return backward_keeping_grads(loss, inputs, _program_parameters(problem))
+
+
+def _program_parameters(problem: Problem) -> list[Tensor]:
+    return [t for p in problem.runtime.problems for t in p.trainable_parameters()]
 
 
 def hop_batches(lower: Problem) -> list[Any]:
@@ -120,6 +125,9 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         inner = pure_mean_loss(
             lower, upper, hop_batches(lower), full_precision=method.finite_differences
         )
+        if lower.sharded or upper.sharded:  # values written into shards: connect gradients
+            held = lambda: _program_parameters(problem)  # noqa: E731
+            inner = differentiable_in_shards(inner, lower, upper, held)
         # data-parallel ranks: global-batch products
         method = problem.runtime.distributed.wrap_method(method)
         w, lam = lower.named_trainable_parameters(), upper.named_trainable_parameters()
@@ -153,7 +161,12 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
         if v is None:  # the hop ignores it: zeros, with no backward pass into the lower level
             v = _tree.zeros_like(_tree.detach(path[1].named_trainable_parameters()))
         hops, keys = _hops(problem, index, path)
-        contribution, infos = fold(hops, v)
+        try:
+            contribution, infos = fold(hops, v)
+        except DoubleBackwardError as err:
+            j = 1 if err.hop is None else err.hop + 1
+            lower, upper = path[j], path[j + 1]
+            raise hop_error(lower.name, upper.name, hops[j - 1].method.name, err) from err
         total = _accumulate(total, contribution)
         hyper = contribution if hyper is None else _tree.add(hyper, contribution)
         for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
