@@ -73,6 +73,37 @@ def test_a_once_differentiable_function_would_silently_read_zero() -> None:
     assert torch.autograd.grad(g.sum(), [w, lam], allow_unused=True) == (None, None)
 
 
+class Square(torch.autograd.Function):
+    """``x**2`` with a once-differentiable backward, applied to ``w`` alone: its backward
+    receives no input that requires grad, so PyTorch leaves no error node in the gradient's
+    graph; only the loss's own graph shows it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_once_differentiable_function_without_an_error_node_is_refused() -> None:
+    """Without the check the Hessian reads zero here, and cg returns zeros."""
+    w, lam, v = core_point()
+
+    def inner(w: dict[str, Tensor], lam: dict[str, Tensor]) -> Tensor:
+        return Square.apply(w["w"]).sum() - (w["w"] * lam["l"]).sum()
+
+    with pytest.raises(DoubleBackwardError, match=r"@once_differentiable \(Square\)"):
+        hg.cg(5)(inner, w, lam, v)
+    fd = hg.cg(5, curvature=hg.FiniteDifference(), mixed=hg.MixedFiniteDifference())
+    got = fd(inner, w, lam, v).vjp["l"]  # H = 2 I, mixed = -I: v^T dw*/dlam = v / 2
+    torch.testing.assert_close(got, v["w"] / 2, atol=1e-6, rtol=0)
+
+
 SECOND_ORDER = {
     "cg": hg.cg(5),
     "exact": hg.exact(),

@@ -176,8 +176,17 @@ def check_gradient_graph(
         DoubleBackwardError: naming the operation.
     """
     roots = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
-    for node in _nodes(roots, [t.grad_fn for t in inputs if t.grad_fn is not None]):
+    stop = [t.grad_fn for t in inputs if t.grad_fn is not None]
+    for node in _nodes(roots, stop):
         if node.name() not in _ERROR_NODES:  # type: ignore[attr-defined]
             continue
         operation = _operation_of(_message_of(node), loss) or _custom_functions(loss)
         raise DoubleBackwardError(operation, where)
+    # a @once_differentiable function whose backward received no input requiring grad leaves
+    # no error node at all: its part of the gradient is simply constant, and a product through
+    # it reads zero. Its node in the loss's own graph gives it away.
+    losses = [] if loss is None else [loss] if isinstance(loss, Tensor) else list(loss)
+    for node in _nodes((t.grad_fn for t in losses), stop):
+        cls = getattr(node, "_forward_cls", None)
+        if cls is not None and hasattr(cls.backward, "__wrapped__"):
+            raise DoubleBackwardError(_custom_functions(loss), where)
