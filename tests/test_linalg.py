@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -154,6 +155,9 @@ def test_tree_solvers_handle_several_leaves() -> None:
         (lambda: linalg.conjugate_gradient(5, damping=-1.0), "cg damping.*-1.0"),
         (lambda: linalg.identity(0.0), "identity scale"),
         (lambda: linalg.dense(damping=float("nan")), "dense damping"),
+        (lambda: linalg.minres(0), "minres maxiter.*0"),
+        (lambda: linalg.minres(5, tol=0.0), "minres tol"),
+        (lambda: linalg.minres(5, damping=-1.0), "minres damping"),
     ],
 )
 def test_bad_solver_options_fail_at_construction(build, match: str) -> None:
@@ -168,6 +172,7 @@ SOLVERS = {
     "neumann_0": (linalg.neumann(0, 0.1), "neumann"),
     "fixed_point": (linalg.fixed_point(5, 0.1), "fixed_point"),
     "dense": (linalg.dense(), "dense solve"),
+    "minres": (linalg.minres(5), "minres"),
 }
 """The identity solver (DARTS) does not inspect ``b``: the finite-difference mixed product that
 follows it refuses a non-finite cotangent (``test_core_robustness.py``)."""
@@ -210,3 +215,47 @@ def test_dense_reports_only_a_singular_matrix_as_singular() -> None:
     with pytest.raises(ValueError, match=r"Hessian is singular.*damping > 0") as singular:
         linalg.dense()(op(torch.zeros(3, 3, dtype=torch.float64)), {"x": torch.ones(3).double()})
     assert isinstance(singular.value.__cause__, torch.linalg.LinAlgError)
+
+
+def indefinite(n: int, seed: int = 0):
+    """A symmetric matrix with eigenvalues in [-3, -0.5] and [0.5, 10], and a right-hand side."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    ev = torch.cat(
+        [
+            -torch.linspace(0.5, 3.0, n // 3, dtype=torch.float64),
+            torch.linspace(0.5, 10.0, n - n // 3, dtype=torch.float64),
+        ]
+    )
+    return q @ torch.diag(ev) @ q.T, {"x": torch.randn(n, generator=g, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("n", [9, 30])
+def test_minres_solves_indefinite_systems_where_cg_stops(n: int) -> None:
+    h, b = indefinite(n, seed=n)
+    exact = torch.linalg.solve(h, b["x"])
+    res = linalg.minres(maxiter=3 * n, tol=1e-12)(op(h), b)
+    assert rel(res.x["x"], exact) < 1e-9 and res.residual <= 1e-12
+    cg = linalg.conjugate_gradient(maxiter=3 * n, tol=1e-12)(op(h), b)
+    assert cg.residual > 1e-3  # stopped at the first negative curvature
+
+
+def test_minres_residual_is_exact_and_never_grows() -> None:
+    h, b = indefinite(20, seed=3)
+    solver = linalg.minres(maxiter=20, tol=None)
+    recorded = [(float(r), x["x"]) for _, x, r in solver.iterates(op(h), b)]
+    for r, x in recorded:
+        true = float((b["x"] - h @ x).norm() / b["x"].norm())
+        assert r == pytest.approx(true, abs=1e-12)
+    residuals = [r for r, _ in recorded]
+    assert all(b <= a + 1e-14 for a, b in itertools.pairwise(residuals))
+    assert len(recorded) == 20 and residuals[-1] < 1e-10
+
+
+def test_minres_damping_and_zero_rhs() -> None:
+    h, b = system(6, 1.0, 5.0)
+    res = linalg.minres(maxiter=6, tol=None, damping=0.5)(op(h), b)
+    exact = torch.linalg.solve(h + 0.5 * torch.eye(6, dtype=torch.float64), b["x"])
+    assert rel(res.x["x"], exact) < 1e-10
+    zero = linalg.minres(4)(op(h), {"x": torch.zeros(6, dtype=torch.float64)})
+    assert float(zero.x["x"].abs().max()) == 0.0 and zero.residual == 0.0

@@ -12,6 +12,8 @@ from ._fixed_point import heavy_ball_rate as heavy_ball_rate
 from ._fixed_point import polyak_parameters as polyak_parameters
 from ._identity import Identity as Identity
 from ._identity import identity as identity
+from ._minres import MinRes as MinRes
+from ._minres import minres as minres
 from ._neumann import Neumann as Neumann
 from ._neumann import neumann as neumann
 from ._result import LinearSolver as LinearSolver
