@@ -160,6 +160,16 @@ LOWER_CONFIGS = {
     "unrolled": Config(unroll_steps=3, gradient_clipping=0.5),
     "unrolled_module": Config(unroll_steps=3, gradient_clipping=0.5),
     "early": Config(type="darts", darts_alpha=0.01),
+    # the method chosen by measurement; under FSDP2 it may take gradients only, as it does on
+    # one process with curvature="finite_difference"
+    "auto": Config(type="auto", target_error=1e-2, auto_interval=3, unroll_steps=2),
+    "auto_fd": Config(
+        type="auto",
+        target_error=1e-2,
+        auto_interval=3,
+        unroll_steps=2,
+        curvature="finite_difference",
+    ),
 }
 THREE_LEVELS = ("three", "three_fsdp")
 # the middle level's hop reads the sharded lowest level (its upper level in that hop): under
@@ -210,6 +220,7 @@ def build(
     drawn from each rank's RNG.
     """
     wide = ("wide", "inputs", "three_fsdp", "first_order", "cg_fd", "exact_fd", "penalty")
+    wide += ("auto", "auto_fd")
     low_mod = _mlp(1) if program in wide else _linear(1, DIM)
     w_mod = _linear(2, DIM)
     low_opt: torch.optim.Optimizer = (
@@ -301,6 +312,14 @@ def tensors(engine: Engine) -> dict[str, torch.Tensor]:
     return out
 
 
+def decisions(engine: Engine) -> list[tuple[int, str, str, str]]:
+    """(step, hop, chosen method, products) of every ``auto`` decision of the run."""
+    out = []
+    for p in engine.problems:
+        out += [(s, h, d.chosen.label, d.products) for s, h, d in p.decisions]
+    return out
+
+
 def run(program: str, rank: int = 0, world: int = 1, strategy: str = "default") -> dict:
     engine = build(program, rank, world, strategy)
     engine.run()
@@ -322,6 +341,7 @@ def worker(rank: int, world: int, init_file: str, jobs: list[tuple[str, str]], o
             engine.run()
             results[(program, strategy)] = parameters(engine)
             results[("numel", program, strategy)] = sharded_numel(engine)
+            results[("decisions", program, strategy)] = decisions(engine)
         early = build("early", rank, world, "ddp", train_iters=20)
         early.run()
         epochs = early.lower._loaders[0].loader.epochs

@@ -168,7 +168,7 @@ def test_dense_solves_random_spd_systems_with_damping_exactly(system, damping) -
         (
             lambda: hg.from_name("bogus"),
             ValueError,
-            r"unknown hypergradient method 'bogus'; choose one of \['cg', 'darts'",
+            r"unknown hypergradient method 'bogus'; choose one of \['auto', 'cg', 'darts'",
         ),
         (lambda: hg.from_name("cg", bogus=1), TypeError, r"unexpected keyword argument 'bogus'"),
         (

@@ -64,6 +64,8 @@ JOBS = [
     ("exact_fd", "ddp"),
     ("exact_fd", "fsdp"),
     ("penalty", "fsdp"),
+    ("auto", "ddp"),
+    ("auto", "fsdp"),
 ]
 FSDP_ATOL = 1e-12
 """FSDP2 against DDP on the same program (float64): FSDP2 averages sharded gradients with a
@@ -108,10 +110,26 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: f
 def test_data_parallel_equals_single_process_on_global_batches(
     ranks: list[dict], job: tuple[str, str]
 ) -> None:
-    single = run(job[0])
+    # auto on a sharded level takes gradients only, as on one process with finite differences
+    single = run("auto_fd" if job == ("auto", "fsdp") else job[0])
     assert_close(ranks[0][job], ranks[1][job], atol=0.0)
-    sharded_differences = job[1] == "fsdp" and job[0] in ("cg_fd", "exact_fd", "penalty")
+    fd = ("cg_fd", "exact_fd", "penalty", "auto")
+    sharded_differences = job[1] == "fsdp" and job[0] in fd
     assert_close(ranks[0][job], single, atol=FSDP_FD_ATOL if sharded_differences else 1e-10)
+
+
+@pytest.mark.distributed
+def test_auto_chooses_gradient_methods_only_on_a_sharded_level(ranks: list[dict]) -> None:
+    """Under FSDP2 every decision takes products from gradients (cg_fd, darts, sama or
+    first_order); under DDP the same program uses double backward. Both ranks decide alike."""
+    for strategy, products in (("fsdp", "finite_difference"), ("ddp", "autograd")):
+        found = ranks[0][("decisions", "auto", strategy)]
+        assert found == ranks[1][("decisions", "auto", strategy)]
+        assert [s for s, *_ in found] == [1, 4, 7, 10]
+        assert {p for *_, p in found} == {products}
+        labels = {label.split("(")[0] for _, _, label, _ in found}
+        allowed = {"cg_fd", "darts", "sama", "first_order"} if strategy == "fsdp" else None
+        assert allowed is None or labels <= allowed, labels
 
 
 @pytest.mark.distributed

@@ -29,6 +29,12 @@ METHOD_OPTIONS: dict[str, dict[str, str]] = {
         "momentum": "penalty_momentum",
         "warm_start": "penalty_warm_start",
     },
+    "auto": {
+        "target": "target_error",
+        "interval": "auto_interval",
+        "drift": "auto_drift",
+        "memory_budget_mb": "auto_memory_mb",
+    },
 }
 """For each ``type``, the preset's keyword options and the ``Config`` fields that set them.
 ``Config(curvature=...)`` adds the ``curvature=`` and ``mixed=`` options of the types in
@@ -100,6 +106,14 @@ class Config:
       the lower loss tilted by ``penalty_epsilon`` (``None``: from the dtype and the norms).
       ``penalty_step`` must be below ``2 / lambda_max`` of the lower loss's Hessian; the lower
       level's SGD learning rate is a safe value (the default 1.0 follows ``neumann_alpha``).
+
+    ``type="auto"`` (a ziggurat option) chooses the method of each hop through this level by
+    measurement, to the relative error ``target_error`` (:class:`ziggurat.hypergradient.Auto`):
+    every ``auto_interval`` upper steps, and when the chosen solver's residual grows more than
+    ``auto_drift`` times (``None``: never), it measures conjugate gradient at every iteration
+    count, DARTS, SAMA and first-order against a conjugate-gradient reference on the current
+    batch and picks the cheapest within the target; ``auto_memory_mb`` leaves out methods
+    estimated to need more memory. Each decision is logged to every backend.
     """
 
     type: str = "darts"
@@ -131,6 +145,10 @@ class Config:
     penalty_epsilon: float | None = None
     penalty_momentum: float = 0.0
     penalty_warm_start: bool = False
+    target_error: float = 1e-2
+    auto_interval: int = 100
+    auto_drift: float | None = 10.0
+    auto_memory_mb: float | None = None
     hypergradient: Method | None = None
     hypergradient_batches: int = 1
     checkpoint_segments: int | str | None = None
@@ -149,6 +167,7 @@ class Config:
         check_flags(self)
         _check_betty_only(self)
         _check_first_order_options(self)
+        _check_auto_options(self)
         if self.hypergradient is None:
             _checks.one_of("Config type", self.type, METHOD_TYPES)
         elif not isinstance(self.hypergradient, Method):
@@ -188,6 +207,8 @@ class Config:
         options = {key: getattr(self, field) for key, field in METHOD_OPTIONS[self.type].items()}
         if self.type in PRODUCT_TYPES:
             options.update(PRODUCT_RULES[self.curvature])
+        if self.type == "auto":  # candidates that take products then take them from gradients
+            options["first_order"] = self.curvature == "finite_difference"
         return from_name(self.type, **options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +261,23 @@ def _warn_unused(config: Config, given: Iterable[str]) -> None:
         UserWarning,
         stacklevel=3,
     )
+
+
+def _check_auto_options(config: Config) -> None:
+    """``target_error`` and the ``auto_*`` fields."""
+    target = config.target_error
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
+        raise ValueError(
+            f"Config target_error must be a relative error in (0, 1) (e.g. 1e-2), got {target!r}"
+        )
+    _checks.int_at_least("Config auto_interval", config.auto_interval, 1)
+    drift = config.auto_drift
+    if drift is not None and (
+        isinstance(drift, bool) or not isinstance(drift, (int, float)) or not drift > 1
+    ):
+        raise ValueError(f"Config auto_drift must be None or a number > 1, got {drift!r}")
+    if config.auto_memory_mb is not None:
+        _checks.positive("Config auto_memory_mb", config.auto_memory_mb)
 
 
 def _check_first_order_options(config: Config) -> None:

@@ -12,7 +12,7 @@ from .._values import as_float
 from ..configs import EngineConfig
 from ..envs import Env
 from ..logging import BoundLogger, LoggerBase
-from ..problems import HypergradientRecord, Problem, resolve, user_code
+from ..problems import DecisionRecord, HypergradientRecord, Problem, resolve, user_code
 from ..systems import Group, make_group
 from ..utils import log_from_loss_dict
 from . import _checkpoint, _compat, _prepare, _program_checks, _run, _wiring
@@ -369,3 +369,8 @@ class Engine:
     def log_hypergradient(self, record: HypergradientRecord) -> None:
         """Per upper step: each hop's method, solver iterations, residual; the norm."""
         self._run.log_hypergradient(record)
+
+    def log_decision(self, record: DecisionRecord) -> None:
+        """A decision of ``auto``: its table on the console, its numbers and its table as
+        text in the metrics backend."""
+        self._run.log_decision(record)

@@ -87,8 +87,8 @@ def _check_shardable_method(p: Problem) -> None:
             "them. Use a method that evaluates the pure loss (for more data per hop, "
             "Config(hypergradient_batches=B)), or strategy='ddp'"
         )
-    if method.first_order_only:
-        return
+    if method.first_order_only or method.restricts_to_first_order:
+        return  # the second: auto, which takes gradients alone on hops that touch shards
     raise ValueError(
         f"problem {p.name!r} uses the hypergradient method {method.name!r}, which needs "
         "second-order autograd (Hessian-vector or double-backward mixed products), but "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from .._schedulers import steps_on_metric
 from ..configs import EngineConfig
 from ..logging import MetricLogger, Progress, make_logger
-from ..problems import HypergradientRecord, Problem
+from ..problems import DecisionRecord, HypergradientRecord, Problem
 from ..systems import Group
 from ..utils import log_from_loss_dict
 from . import _checkpoint_files
@@ -186,6 +186,22 @@ class RunServices:
             self._described[record.source] = methods
             text = {f"hop{i}_method": m for i, m in enumerate(methods)}
             self.logger().describe(source, text, record.step)
+
+    def log_decision(self, record: DecisionRecord) -> None:
+        if not self.group.is_main:
+            return
+        decision = record.decision
+        log.info(
+            "[%s/auto] [global step %d] hop %s: %s",
+            record.source,
+            record.step,
+            record.hop,
+            decision.table().replace("\n", "\n    "),
+        )
+        source = f"{record.source}/auto/{record.hop}"
+        self.logger().log(source, decision.scalars(), record.step)
+        text = {"decision": decision.table(), "chosen": decision.chosen.label}
+        self.logger().describe(source, text, record.step)
 
 
 def remove_stale_temp_files(directory: str) -> None:

@@ -1,5 +1,12 @@
 """Hypergradient methods: best-response vector-Jacobian products and their fold along paths."""
 
+from ._auto import CANDIDATES as CANDIDATES
+from ._auto import GRID as GRID
+from ._auto import Auto as Auto
+from ._auto import Candidate as Candidate
+from ._auto import CostModel as CostModel
+from ._auto import Decision as Decision
+from ._auto import auto as auto
 from ._base import NO_CONTEXT as NO_CONTEXT
 from ._base import HopContext as HopContext
 from ._base import HopInfo as HopInfo

@@ -17,6 +17,7 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -33,10 +34,17 @@ class HopContext:
         warm_start: a previous solution ``H^{-1} v`` for solvers that warm-start.
         preconditioner: a diagonal (tree shaped like ``w``) applied to ``v`` by SAMA; built from
             the lower optimizer's state, e.g. with :func:`adam_preconditioner`.
+        state: what a stateful method (``Method.stateful``) returned in ``HopInfo.state`` at
+            this hop's last call, or ``None`` on the first; callers keep it and checkpoint it.
+        first_order_only: set by the caller where second-order autograd cannot run (a level
+            sharded with FSDP2); a method that adapts (``Method.restricts_to_first_order``)
+            then uses only gradients.
     """
 
     warm_start: Params | None = None
     preconditioner: Params | None = None
+    state: Any = None
+    first_order_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,17 @@ class HopInfo:
         residual_value: the solver's relative residual, a 0-dim tensor (no host sync until
             read) or a float; ``nan`` when not measured. :attr:`residual` reads it as a float.
         solution: ``H^{-1} v`` (or the method's equivalent), for warm starts.
+        state: a stateful method's state after this call (plain values and tensors), which the
+            caller passes back in ``HopContext.state`` at the hop's next call.
+        decision: what a method that chooses (``auto``) decided at this call, or ``None``.
     """
 
     method: str
     iterations: int = 0
     residual_value: float | Tensor = math.nan
     solution: Params | None = field(default=None, repr=False)
+    state: Any = field(default=None, repr=False)
+    decision: Any = field(default=None, repr=False)
 
     def __init__(
         self,
@@ -62,11 +75,16 @@ class HopInfo:
         iterations: int = 0,
         residual: float | Tensor = math.nan,
         solution: Params | None = None,
+        *,
+        state: Any = None,
+        decision: Any = None,
     ) -> None:
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "iterations", iterations)
         object.__setattr__(self, "residual_value", residual)
         object.__setattr__(self, "solution", solution)
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "decision", decision)
 
     @property
     def residual(self) -> float:
@@ -140,6 +158,20 @@ class Method(abc.ABC):
         the caller's ``inner`` knows how to evaluate the level: an FSDP2-sharded level, whose
         pure loss writes ``w`` into the shards."""
         return True
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the method keeps state between calls at a hop: it returns it in
+        ``HopInfo.state``, and callers pass it back in ``HopContext.state`` and save it in
+        checkpoints (``auto`` keeps its decision there)."""
+        return False
+
+    @property
+    def restricts_to_first_order(self) -> bool:
+        """Whether the method runs with gradients alone when the caller sets
+        ``HopContext.first_order_only`` (it may then sit on an FSDP2-sharded level even though
+        it is not :attr:`first_order_only` elsewhere)."""
+        return False
 
     @property
     def needs_preconditioner(self) -> bool:

@@ -96,6 +96,14 @@ class DataParallel(Method):
         return self.method.needs_preconditioner
 
     @property
+    def stateful(self) -> bool:
+        return self.method.stateful
+
+    @property
+    def restricts_to_first_order(self) -> bool:
+        return self.method.restricts_to_first_order
+
+    @property
     def follows_trajectory(self) -> bool:
         return self.method.follows_trajectory
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import linalg
 from ..optim import Adam, FunctionalOptimizer
+from ._auto import auto
 from ._base import Method
 from ._finite_difference import FiniteDifference
 from ._first_order import FirstOrder
@@ -284,11 +285,13 @@ PRESETS: dict[str, Callable[..., Method]] = {
     "first_order": first_order,
     "unrolled": unrolled,
     "penalty": penalty,
+    "auto": auto,
 }
 
 
-CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order", "penalty")
-"""The preset names ``Config(type=...)`` accepts: Betty's method names and ``penalty``."""
+CONFIG_TYPES = ("darts", "sama", "neumann", "cg", "exact", "first_order", "penalty", "auto")
+"""The preset names ``Config(type=...)`` accepts: Betty's method names, ``penalty`` and
+``auto``."""
 
 PRODUCT_RULES: dict[str, dict[str, Curvature | MixedRule]] = {
     "autograd": {"curvature": DoubleBackward(), "mixed": MixedAutograd()},

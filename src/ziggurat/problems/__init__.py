@@ -9,6 +9,7 @@ from ._higher import HigherIterativeProblem as HigherIterativeProblem
 from ._implicit import ImplicitProblem as ImplicitProblem
 from ._iterative import IterativeProblem as IterativeProblem
 from ._problem import Problem as Problem
+from ._runtime import DecisionRecord as DecisionRecord
 from ._runtime import HypergradientRecord as HypergradientRecord
 from ._runtime import Level as Level
 from ._runtime import Runtime as Runtime

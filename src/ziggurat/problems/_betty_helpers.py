@@ -26,7 +26,7 @@ from ._clock import InnerLoopClock
 from ._data import Loaders
 from ._output import Metric, check_finite
 from ._precision import DTYPES, Precision
-from ._runtime import HypergradientRecord, Runtime
+from ._runtime import DecisionRecord, HypergradientRecord, Runtime
 
 _DEFAULT_HOOKS = frozenset(
     {
@@ -65,6 +65,7 @@ class BettyHelpers(BettyGraph):
         _last_metrics: dict[str, Metric]
         _last_loss: Tensor | float
         last_hop_info: list[HopInfo]
+        decisions: list[tuple[int, str, Any]]
         _hypergradient_norm: Tensor | float
 
         @property
@@ -242,6 +243,14 @@ class BettyHelpers(BettyGraph):
             self.last_hop_info,
         )
         self.runtime.log_hypergradient(record)
+
+    def record_decision(self, hop: str, decision: Any) -> None:
+        """Keep (in :attr:`decisions`) and log a decision of a method that chooses itself
+        (``auto``) at the hop ``hop`` (``"lower->upper"``)."""
+        step = self._log_step()
+        self.decisions.append((step, hop, decision))
+        if self.engine is not None:
+            self.runtime.log_decision(DecisionRecord(self._name, hop, step, decision))
 
     @property
     def logger(self) -> LoggerBase:

@@ -97,6 +97,8 @@ class Problem(Hooks, BettyHelpers):
         self.paths: list[list[Problem]] = []
         self.ready: dict[str, bool] = {}
         self.last_hop_info: list[HopInfo] = []
+        # (step, hop, decision) of the methods that choose themselves (auto), oldest first
+        self.decisions: list[tuple[int, str, Any]] = []
         self._last_loss: Tensor | float = math.nan
         self._last_metrics: dict[str, Metric] = {}
         self._checks: list[_health.Check] = []  # of the open update window
@@ -310,7 +312,7 @@ class Problem(Hooks, BettyHelpers):
         (the engine re-wires them; see ``Engine.set_dependency``)."""
         self.children, self.parents, self.paths = [], [], []
         self.ready = {}
-        self._hops.warm_starts = {}
+        self._hops.forget()
         self.last_hop_info = []
 
     def begin_inner_loop(self) -> None:
@@ -397,11 +399,15 @@ class Problem(Hooks, BettyHelpers):
             self._method = self._config.method()
         return self._method
 
-    def hop_context(self, method: Method, key: HopKey) -> HopContext:
-        """Per-hop state: the previous solution, for methods that warm-start, and the
-        optimizer's preconditioner, for methods that need one."""
+    def hop_context(
+        self, method: Method, key: HopKey, first_order_only: bool = False
+    ) -> HopContext:
+        """Per-hop state: the previous solution, for methods that warm-start, the method's own
+        state, for stateful ones, and the optimizer's preconditioner, for methods that need
+        one. ``first_order_only`` says that second-order autograd cannot run at this hop."""
         wanted = method.needs_preconditioner
-        return self._hops.context(key, self.optimizer_preconditioner() if wanted else None)
+        preconditioner = self.optimizer_preconditioner() if wanted else None
+        return self._hops.context(key, preconditioner, first_order_only)
 
     def optimizer_preconditioner(self) -> Params | None:
         """A diagonal built from this level's optimizer state for methods that need one
@@ -409,7 +415,8 @@ class Problem(Hooks, BettyHelpers):
         return None
 
     def remember_hop(self, key: HopKey, method: Method, info: HopInfo) -> None:
-        """Keep a hop's solution when the method warm-starts from it."""
+        """Keep a hop's solution when the method warm-starts from it, and its state when the
+        method is stateful."""
         self._hops.remember(key, method, info)
 
     def _apply_gradients(self, grads: Params, boundary: bool, step_scheduler: bool = True) -> None:

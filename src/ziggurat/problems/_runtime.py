@@ -51,6 +51,21 @@ class HypergradientRecord:
     hops: Sequence[HopInfo]
 
 
+@dataclass(frozen=True)
+class DecisionRecord:
+    """A decision of a method that chooses itself (``auto``), handed to
+    :meth:`Runtime.log_decision` when it is made.
+
+    ``decision`` is a :class:`ziggurat.hypergradient.Decision`: its ``summary()``,
+    ``table()`` and ``scalars()`` are what the logs show.
+    """
+
+    source: str
+    hop: str
+    step: int
+    decision: Any
+
+
 class Runtime(Protocol):
     """The program a level runs in (``ziggurat.Engine``)."""
 
@@ -107,6 +122,10 @@ class Runtime(Protocol):
 
     def log_hypergradient(self, record: HypergradientRecord) -> None:
         """Record an upper step's hypergradient diagnostics."""
+        ...
+
+    def log_decision(self, record: DecisionRecord) -> None:
+        """Record a method's decision on the console and in every metrics backend."""
         ...
 
 

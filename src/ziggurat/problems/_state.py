@@ -224,6 +224,8 @@ def entry(problem: Problem) -> dict[str, Any]:
         "iterative": None,
         **rank_entries(problem),
     }
+    if hops["method_states"]:  # only with a stateful method (auto): older files stay as they were
+        state["method_states"] = hops["method_states"]
     return gather(state) if problem.sharded else state
 
 
@@ -255,7 +257,8 @@ ENTRY_KEYS = (
     "iterative",
     *RANK_KEYS,
 )
-"""The keys of a level's entry (format version 2)."""
+"""The keys of a level's entry (format version 2). ``method_states`` (the state of stateful
+methods per hop, ``auto``'s decisions) was added later and may be absent."""
 
 
 def check_entry(problem: Problem, state: dict[str, Any], where: str) -> None:

@@ -120,7 +120,9 @@ def _hops(problem: Problem, index: int, path: list[Problem]) -> tuple[list[Hop],
         lower, upper = path[j], path[j + 1]
         method = lower.hop_method()
         key = (problem.name, index, j)
-        context = lower.hop_context(method, key)
+        # no second-order autograd through sharded parameters: a method that adapts uses
+        # gradients alone there (the engine refuses the others)
+        context = lower.hop_context(method, key, lower.sharded or upper.sharded)
         # a bf16 forward would round away the perturbations of finite differences
         inner = pure_mean_loss(
             lower, upper, hop_batches(lower), full_precision=method.finite_differences
@@ -169,8 +171,12 @@ def total_gradient(problem: Problem, loss: Tensor) -> Params:
             raise hop_error(lower.name, upper.name, hops[j - 1].method.name, err) from err
         total = _accumulate(total, contribution)
         hyper = contribution if hyper is None else _tree.add(hyper, contribution)
-        for lower, key, hop, info in zip(path[1:-1], keys, hops, infos, strict=True):
+        for j, (lower, key, hop, info) in enumerate(
+            zip(path[1:-1], keys, hops, infos, strict=True), start=1
+        ):
             lower.remember_hop(key, hop.method, info)
+            if info.decision is not None:
+                problem.record_decision(f"{lower.name}->{path[j + 1].name}", info.decision)
         problem.last_hop_info.extend(infos)
     if hyper is None:
         problem.set_hypergradient_norm(math.nan)
