@@ -134,15 +134,24 @@ def test_an_indefinite_hessian_is_measured_against_minres(target: float) -> None
     lam = {"lam": torch.randn(m, generator=g, dtype=D)}
     v = {"w": torch.randn(n, generator=g, dtype=D)}
     exact = b.T @ torch.linalg.solve(a, v["w"])
-    decision, reference, _ = auto(target).measure(inner, w, lam, v)
+    method = Auto(target, indefinite="minres")
+    decision, reference, _ = method.measure(inner, w, lam, v)
     assert decision is not None and decision.converged and decision.within_target
-    assert (
-        decision.reference.startswith("MINRES") and "non-positive curvature" in decision.reference
-    )
+    assert decision.reference.startswith("MINRES")
+    assert "non-positive curvature" in decision.reference
     assert decision.chosen.kind == "minres"
     assert rel(reference["lam"], exact) < 0.05 * target
-    method, _ = auto(target).build({"kind": decision.chosen.kind, **decision.chosen.settings})
-    assert rel(method(inner, w, lam, v).vjp["lam"], exact) <= target
+    chosen, _ = method.build({"kind": decision.chosen.kind, **decision.chosen.settings})
+    assert rel(chosen(inner, w, lam, v).vjp["lam"], exact) <= target
+    # by default the reference is CG truncated at the negative curvature, which cg(k) with
+    # k below the breakdown reproduces exactly
+    truncated, reference, _ = auto(target).measure(inner, w, lam, v)
+    assert truncated is not None and "truncated" in truncated.reference
+    k = truncated.chosen.settings["maxiter"]
+    assert truncated.chosen.kind == "cg" and truncated.chosen.error == 0.0
+    assert f"product {k + 1};" in truncated.reference
+    torch.testing.assert_close(cg(k, None)(inner, w, lam, v).vjp["lam"], reference["lam"])
+    torch.testing.assert_close(cg(50)(inner, w, lam, v).vjp["lam"], reference["lam"])
 
 
 def test_memory_budget_leaves_out_what_does_not_fit() -> None:

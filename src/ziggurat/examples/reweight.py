@@ -30,8 +30,12 @@ from ziggurat.examples.result import Result
 from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
-METHODS = ("cg", "neumann", "darts", "sama")
-_METHOD_OPTIONS = {"cg": {"cg_iterations": 3}, "neumann": {"neumann_iterations": 3}}
+METHODS = ("cg", "neumann", "darts", "sama", "auto")
+_METHOD_OPTIONS = {
+    "cg": {"cg_iterations": 3},
+    "neumann": {"neumann_iterations": 3, "neumann_alpha": 0.1},
+    "auto": {"target_error": 1e-1},
+}
 NOISE = 0.4
 TRAIN_SIZE, META_PER_CLASS, TEST_SIZE, BATCH = 4000, 10, 2000, 100
 

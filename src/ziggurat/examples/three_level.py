@@ -37,7 +37,7 @@ from ziggurat.hypergradient import cg, from_name
 from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
-METHODS = ("neumann", "darts", "cg")
+METHODS = ("neumann", "darts", "cg", "auto")
 CORRUPT, SOURCE_SIZE, TARGET_PER_CLASS, BATCH, PROX = 0.6, 1000, 3, 100, 1.0
 LR_WEIGHTS = 0.1
 

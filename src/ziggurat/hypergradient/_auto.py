@@ -71,7 +71,7 @@ like the upper parameters until the reference is known."""
 
 CANDIDATES = ("first_order", "darts", "sama", "cg", "minres")
 """The methods ``auto`` may choose from, by name (``minres`` is measured where conjugate
-gradient breaks down on an indefinite Hessian)."""
+gradient breaks down on an indefinite Hessian, with ``Auto(indefinite="minres")``)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,7 @@ class _Run:
     residual: float = math.nan
     converged: bool = False
     stop: str = ""
+    truncated: bool = False  # CG stopped at negative curvature, and that is the reference
 
     @property
     def answer(self) -> Params:
@@ -283,18 +284,22 @@ def _record(
     zeros: Callable[[], Params],
 ) -> _Run:
     """Drive a solver's iterates, keeping ``M x_k`` at the grid's ``k``, at convergence and at
-    the end."""
+    the last iterate."""
+    last: tuple[int, Params, float] | None = None
     for k, x in iterates:
         run.products = k
         if not math.isfinite(run.residual):
             run.stop = f"the residual is not finite at product {k}"
             break
+        last = (k, x, run.residual)
         done = run.residual <= tol
-        if k in GRID or done or k == maxiter:
+        if k in GRID or done:
             run.points[k] = (mixed(x), run.residual)
         if done:
             run.converged = True
             break
+    if last is not None and last[0] not in run.points:
+        run.points[last[0]] = (mixed(last[1]), last[2])
     if not run.converged and not run.stop:
         run.stop = f"residual {run.residual:.1e} after {run.products} products, above {tol:.0e}"
     if not run.points:  # stopped before the first update: the solution is zero
@@ -320,7 +325,13 @@ class _Operators:
 def _describe(runs: list[_Run], tol: float) -> str:
     run = runs[-1]
     solver = "CG" if run.solver == "cg" else "MINRES"
-    if run.converged:
+    if run.truncated:
+        out = (
+            f"CG truncated at the first non-positive curvature (product {run.products}; H is "
+            f"not positive definite, so H^-1 v is taken as Steihaug's truncated solution), "
+            f"residual {run.residual:.1e}"
+        )
+    elif run.converged:
         out = f"{solver} to {tol:.0e} ({run.products} products, residual {run.residual:.1e})"
     else:
         out = f"{solver} stopped: {run.stop} (residual {run.residual:.1e})"
@@ -365,6 +376,13 @@ class Auto(Method):
             (the error moves between measurements; the margin keeps it within the target).
         candidates: the method names it may choose from (a subset of :data:`CANDIDATES`).
         costs: the cost model.
+        indefinite: what the reference is where ``H`` is not positive definite (conjugate
+            gradient meets a direction of non-positive curvature, as it does on a network's
+            loss away from a minimum). ``"truncate"`` (default): CG's last iterate before that
+            direction, the truncated Newton step of trust-region methods (Steihaug, SIAM J.
+            Numer. Anal. 1983), which is also what ``cg(k)`` returns there. ``"minres"``: the
+            exact ``H^{-1} v`` by MINRES, which may need many products and, on a
+            nearly singular ``H``, is large.
         wrap: the curvature wrapper a data-parallel caller applied (``with_curvature``).
     """
 
@@ -377,6 +395,7 @@ class Auto(Method):
     safety: float = 0.5
     candidates: tuple[str, ...] = CANDIDATES
     costs: CostModel = CostModel()
+    indefinite: str = "truncate"
     wrap: Callable[[Curvature], Curvature] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -392,6 +411,10 @@ class Auto(Method):
         _checks.int_at_least("auto max_iterations", self.max_iterations, 1)
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"auto safety must be in (0, 1], got {self.safety!r}")
+        if self.indefinite not in ("truncate", "minres"):
+            raise ValueError(
+                f"auto indefinite must be 'truncate' or 'minres', got {self.indefinite!r}"
+            )
         unknown = sorted(set(self.candidates) - set(CANDIDATES))
         if unknown or not self.candidates:
             raise ValueError(
@@ -639,7 +662,12 @@ class Auto(Method):
 
         cg_run = _Run("cg")
         runs = [_record(cg_run, _cg_iterates(ops.matvec, u, n, cg_run), ops.mixed, tol, n, zeros)]
-        if runs[0].stop.startswith("non-positive") and "minres" in self.candidates:
+        if not cg_run.stop.startswith("non-positive"):
+            return runs
+        if self.indefinite == "truncate":  # Steihaug's convention: the last iterate before it
+            cg_run.converged = cg_run.truncated = True
+            return runs
+        if "minres" in self.candidates:
             # an indefinite Hessian (a network away from a minimum): MINRES still converges
             mr = _Run("minres")
             runs.append(
