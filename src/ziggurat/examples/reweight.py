@@ -10,6 +10,7 @@ classifier, same steps, without weights.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from ziggurat.problems import ImplicitProblem
 
 DEFAULT_STEPS = 600
 METHODS = ("cg", "neumann", "darts", "sama", "auto")
-_METHOD_OPTIONS = {
+_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "cg": {"cg_iterations": 3},
     "neumann": {"neumann_iterations": 3, "neumann_alpha": 0.1},
     "auto": {"target_error": 1e-1},
