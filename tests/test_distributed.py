@@ -125,7 +125,7 @@ def test_auto_chooses_gradient_methods_only_on_a_sharded_level(ranks: list[dict]
     for strategy, products in (("fsdp", "finite_difference"), ("ddp", "autograd")):
         found = ranks[0][("decisions", "auto", strategy)]
         assert found == ranks[1][("decisions", "auto", strategy)]
-        assert [s for s, *_ in found] == [1, 4, 7, 10]
+        assert [s for s, *_ in found] == [4, 10]  # as on one process (upper steps 1 and 4)
         assert {p for *_, p in found} == {products}
         labels = {label.split("(")[0] for _, _, label, _ in found}
         allowed = {"cg_fd", "darts", "sama", "first_order"} if strategy == "fsdp" else None
