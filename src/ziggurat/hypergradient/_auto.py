@@ -236,7 +236,8 @@ class _Run:
     residual: float = math.nan
     converged: bool = False
     stop: str = ""
-    truncated: bool = False  # CG stopped at negative curvature, and that is the reference
+    negative_curvature: bool = False  # CG met a direction of non-positive curvature
+    truncated: bool = False  # ... and its last iterate before it is the reference
 
     @property
     def answer(self) -> Params:
@@ -255,6 +256,7 @@ def _cg_iterates(op: MatVec, b: Params, maxiter: int, run: _Run) -> Iterator[tup
         curvature = float(_tree.dot(p, hp))
         if not curvature > 0.0:
             run.stop = f"non-positive curvature at product {k} (H is not positive definite)"
+            run.negative_curvature = True
             run.products = k
             return
         step = rr / curvature
@@ -280,7 +282,6 @@ def _record(
     iterates: Iterator[tuple[int, Params]],
     mixed: Callable[[Params], Params],
     tol: float,
-    maxiter: int,
     zeros: Callable[[], Params],
 ) -> _Run:
     """Drive a solver's iterates, keeping ``M x_k`` at the grid's ``k``, at convergence and at
@@ -661,8 +662,8 @@ class Auto(Method):
             return _tree.zeros_like(_tree.detach(lam))
 
         cg_run = _Run("cg")
-        runs = [_record(cg_run, _cg_iterates(ops.matvec, u, n, cg_run), ops.mixed, tol, n, zeros)]
-        if not cg_run.stop.startswith("non-positive"):
+        runs = [_record(cg_run, _cg_iterates(ops.matvec, u, n, cg_run), ops.mixed, tol, zeros)]
+        if not cg_run.negative_curvature:
             return runs
         if self.indefinite == "truncate":  # Steihaug's convention: the last iterate before it
             cg_run.converged = cg_run.truncated = True
@@ -670,9 +671,7 @@ class Auto(Method):
         if "minres" in self.candidates:
             # an indefinite Hessian (a network away from a minimum): MINRES still converges
             mr = _Run("minres")
-            runs.append(
-                _record(mr, _minres_iterates(ops.matvec, u, n, mr), ops.mixed, tol, n, zeros)
-            )
+            runs.append(_record(mr, _minres_iterates(ops.matvec, u, n, mr), ops.mixed, tol, zeros))
         return runs
 
     def _fd_rows(
